@@ -1,0 +1,1 @@
+"""Billing models arrive with paid plans (see issue on licensing and billing)."""

@@ -1,0 +1,1 @@
+"""Inference models (usage records, API keys) arrive with the metered inference API."""

@@ -1,0 +1,113 @@
+"""The audit log (append-only) and reports that users file against listings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+
+class AuditAction(models.TextChoices):
+    LISTING_CREATED = "listing.created", "Listing created"
+    LISTING_UPDATED = "listing.updated", "Listing updated"
+    LISTING_SUSPENDED = "listing.suspended", "Listing suspended"
+    LISTING_REINSTATED = "listing.reinstated", "Listing reinstated"
+    LISTING_FEATURED = "listing.featured", "Listing featured"
+    LISTING_UNFEATURED = "listing.unfeatured", "Listing unfeatured"
+    VERSION_CREATED = "version.created", "Version created"
+    VERSION_UPLOADED = "version.uploaded", "Version upload completed"
+    VERSION_VALIDATED = "version.validated", "Version validated"
+    VERSION_INVALID = "version.invalid", "Version failed validation"
+    VERSION_SUBMITTED = "version.submitted", "Version submitted for review"
+    VERSION_APPROVED = "version.approved", "Version approved"
+    VERSION_REJECTED = "version.rejected", "Version rejected"
+    VERSION_PUBLISHED = "version.published", "Version published"
+    VERSION_DEPRECATED = "version.deprecated", "Version deprecated"
+    VERSION_WITHDRAWN = "version.withdrawn", "Version withdrawn"
+    REPORT_FILED = "report.filed", "Report filed"
+    REPORT_RESOLVED = "report.resolved", "Report resolved"
+    REPORT_DISMISSED = "report.dismissed", "Report dismissed"
+    ORG_CREATED = "organization.created", "Organization created"
+    MEMBER_INVITED = "organization.member_invited", "Member invited"
+    MEMBER_JOINED = "organization.member_joined", "Member joined"
+
+
+class AuditLogQuerySet(models.QuerySet["AuditLogEntry"]):
+    def update(self, **kwargs: Any) -> int:
+        raise PermissionError("The audit log is append-only.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise PermissionError("The audit log is append-only.")
+
+
+class AuditLogEntry(models.Model):
+    """One row per state change, written in the same transaction as the change.
+
+    Append-only: the model refuses updates and deletes, and on PostgreSQL a trigger refuses them too.
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    action = models.CharField(max_length=40, choices=AuditAction.choices, db_index=True)
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    listing = models.ForeignKey("catalog.Listing", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    version = models.ForeignKey("catalog.Version", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    reason = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    objects = AuditLogQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.action}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise PermissionError("The audit log is append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise PermissionError("The audit log is append-only.")
+
+
+class ReportReason(models.TextChoices):
+    MISLEADING = "misleading", "Misleading description or numbers"
+    LICENSE = "license", "License or copyright problem"
+    HARMFUL = "harmful", "Harmful or unsafe behaviour"
+    MALWARE = "malware", "Suspicious or malicious file"
+    SPAM = "spam", "Spam"
+    OTHER = "other", "Other"
+
+
+class ReportStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    RESOLVED = "resolved", "Resolved"
+    DISMISSED = "dismissed", "Dismissed"
+
+
+class Report(models.Model):
+    listing = models.ForeignKey("catalog.Listing", on_delete=models.CASCADE, related_name="reports")
+    reporter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    reason = models.CharField(max_length=20, choices=ReportReason.choices)
+    details = models.TextField(blank=True)
+    status = models.CharField(max_length=10, choices=ReportStatus.choices, default=ReportStatus.OPEN)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution_note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "-created_at"], name="report_status_created")]
+
+    def __str__(self) -> str:
+        return f"Report on {self.listing} ({self.get_reason_display()})"
