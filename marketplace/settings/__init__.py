@@ -1,9 +1,9 @@
 """Settings, one topic a file; every value can be set from the environment."""
 
-from .base import *  # noqa: F403
-from .database import *  # noqa: F403
-from .celery import *  # noqa: F403
-from .storage import *  # noqa: F403
-from .email import *  # noqa: F403
 from .api import *  # noqa: F403
+from .base import *  # noqa: F403
+from .celery import *  # noqa: F403
+from .database import *  # noqa: F403
+from .email import *  # noqa: F403
 from .marketplace import *  # noqa: F403
+from .storage import *  # noqa: F403

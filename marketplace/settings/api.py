@@ -16,7 +16,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Specialist Marketplace API",
     "DESCRIPTION": "Publish, validate, moderate and browse ONNX specialists. "
-    "Every error is JSON: {\"error\": {\"code\": ..., \"message\": ..., \"fields\": {...}}}.",
+    'Every error is JSON: {"error": {"code": ..., "message": ..., "fields": {...}}}.',
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,

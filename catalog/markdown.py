@@ -1,0 +1,48 @@
+"""Model cards are Markdown written by publishers: render it, then sanitise the HTML with an allow-list."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import markdown as md
+import nh3
+from django.utils.safestring import SafeString, mark_safe
+
+MARKDOWN_EXTENSIONS = ["tables", "fenced_code", "sane_lists"]
+
+ALLOWED_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "div", "dl", "dt", "em", "h1", "h2", "h3",
+    "h4", "h5", "h6", "hr", "i", "img", "kbd", "li", "ol", "p", "pre", "s", "span", "strong", "sub", "sup",
+    "table", "tbody", "td", "th", "thead", "tr", "ul",
+}  # fmt: skip
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "abbr": {"title"},
+    "img": {"src", "alt", "title", "width", "height"},
+    "th": {"align", "colspan", "rowspan", "scope"},
+    "td": {"align", "colspan", "rowspan"},
+    "ol": {"start"},
+}
+# No javascript:, data: or vbscript: URLs; relative links stay as they are.
+ALLOWED_URL_SCHEMES = {"http", "https", "mailto"}
+LINK_REL = "nofollow noopener"
+
+
+def markdown_render(text: str | None) -> SafeString:
+    """Markdown → HTML that is safe to put in a page: no raw HTML, scripts, handlers or script URLs survive."""
+    return mark_safe(_render(text or ""))  # noqa: S308 - the HTML was sanitised by nh3 just before
+
+
+# Keyed by the text itself, so a cached rendering can never be stale; bounds the work on hot listing pages.
+@lru_cache(maxsize=512)
+def _render(text: str) -> str:
+    html = md.markdown(text, extensions=MARKDOWN_EXTENSIONS, output_format="html")
+    return nh3.clean(
+        html,
+        tags=ALLOWED_TAGS,
+        clean_content_tags={"script", "style"},
+        attributes=ALLOWED_ATTRIBUTES,
+        url_schemes=ALLOWED_URL_SCHEMES,
+        link_rel=LINK_REL,
+        strip_comments=True,
+    )

@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""`make run`: the whole marketplace on one machine, with demo data.
+
+Starts SeaweedFS (object storage), a Celery worker (on a filesystem broker unless
+CELERY_BROKER_URL is set), migrates, seeds the demo through the real publishing
+pipeline, and serves on http://127.0.0.1:8000. Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+PY = sys.executable
+HOST = os.environ.get("HOST", "127.0.0.1")
+PORT = int(os.environ.get("PORT", "8000"))
+S3_PORT = int(os.environ.get("S3_PORT", "8333"))
+
+children: list[subprocess.Popen] = []
+
+
+def log(message: str) -> None:
+    print(f"\033[1m[run]\033[0m {message}", flush=True)
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, port)) == 0
+
+
+def start(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    log(f"starting {name}: {' '.join(args)}")
+    logfile = open(VAR / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+    children.append(proc)
+    return proc
+
+
+def stop_all() -> None:
+    for proc in reversed(children):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 10
+    for proc in children:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def manage(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=env, check=True)
+
+
+def main() -> int:
+    VAR.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
+    env.setdefault("DEBUG", "1")
+    env.setdefault("S3_ENDPOINT_URL", f"http://127.0.0.1:{S3_PORT}")
+    env.setdefault("SITE_URL", f"http://{HOST}:{PORT}")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+
+    try:
+        if env["S3_ENDPOINT_URL"] == f"http://127.0.0.1:{S3_PORT}" and not port_open("127.0.0.1", S3_PORT):
+            start(
+                "seaweedfs",
+                [PY, "scripts/seaweedfs.py", "--data-dir", str(VAR / "seaweedfs"), "--s3-port", str(S3_PORT)],
+                env,
+            )
+            deadline = time.monotonic() + 60
+            while not port_open("127.0.0.1", S3_PORT):
+                if children[-1].poll() is not None or time.monotonic() > deadline:
+                    log("SeaweedFS did not start; see var/seaweedfs.log")
+                    return 1
+                time.sleep(0.3)
+        log("migrating the database")
+        manage("migrate", "--no-input", "-v", "0", env=env)
+        manage("collectstatic", "--no-input", "-v", "0", env=env)
+        manage("storage_ready", env=env)
+
+        start(
+            "celery",
+            [PY, "-m", "celery", "-A", "marketplace", "worker", "-Q", "default,validation", "-c", "2", "-l", "info"],
+            env,
+        )
+        log("seeding demo data through the publishing pipeline (first run trains six models: ~1 minute)")
+        manage("seed_demo", env=env)
+
+        start(
+            "web",
+            [
+                PY,
+                "-m",
+                "gunicorn",
+                "marketplace.wsgi",
+                "-b",
+                f"{HOST}:{PORT}",
+                "-w",
+                "2",
+                "--threads",
+                "4",
+                "--access-logfile",
+                "-",
+            ],
+            env,
+        )
+        deadline = time.monotonic() + 30
+        while not port_open(HOST, PORT):
+            if time.monotonic() > deadline:
+                log("the web server did not start; see var/web.log")
+                return 1
+            time.sleep(0.2)
+        print(
+            f"""
+  Specialist Marketplace is running on http://{HOST}:{PORT}
+
+  Demo logins (password for all: demo-pass-123)
+    admin@demo.local       platform admin (moderation at /moderation/, Django admin at /admin/)
+    publisher@demo.local   owner of the publisher organization "Northwind Labs"
+    buyer@demo.local       member of the buyer organization "Contoso Analytics"
+
+  API docs: http://{HOST}:{PORT}/api/docs/    Logs: var/*.log    Stop: Ctrl-C
+""",
+            flush=True,
+        )
+        while True:
+            for proc in children:
+                if proc.poll() is not None:
+                    log(f"a process exited ({' '.join(map(str, proc.args))}); stopping. See var/*.log")
+                    return 1
+            time.sleep(1)
+    except KeyboardInterrupt:
+        log("stopping")
+        return 0
+    except subprocess.CalledProcessError as exc:
+        log(f"failed: {exc}")
+        return 1
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
