@@ -376,10 +376,9 @@ def _wait_validated(version_id: int, timeout_s: float) -> Any:
 
 
 def demo_seed(*, timeout_s: float = 300.0, log: Callable[[str], None] = print) -> None:
-    from moderation.services import listing_feature, version_approve
-
     from catalog import services as catalog_services
     from catalog.models import Listing, VersionStatus
+    from moderation.services import listing_feature, version_approve
 
     admin = _user("admin@demo.local", "Ada Admin", staff=True)
     publisher = _user("publisher@demo.local", "Pat Publisher")

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from django.db import connection
-from django.db.models import Count, Exists, F, FloatField, OuterRef, Q, QuerySet, Value
+from django.db.models import Case, Count, Exists, F, FloatField, IntegerField, OuterRef, Q, QuerySet, Value, When
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Lower
 from django.http import Http404
@@ -91,8 +91,6 @@ def _apply_text_search(qs: QuerySet[Listing], query: str, *, rank: bool) -> Quer
         tag_hit = Tag.objects.filter(listings=OuterRef("pk"), name__icontains=word)
         qs = qs.filter(Q(name__icontains=word) | Q(summary__icontains=word) | Exists(tag_hit))
     if rank:
-        from django.db.models import Case, IntegerField, When
-
         first = words[0]
         qs = qs.annotate(
             rank=Case(
