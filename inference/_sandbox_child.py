@@ -59,9 +59,11 @@ def main(argv: list[str]) -> int:
 
     from pathlib import Path
 
-    from inference import validation  # imports numpy, onnx and onnxruntime before the limits apply
+    # Import numpy, onnx and onnxruntime before the limits apply: they are not the model's cost.
+    import onnx  # noqa: F401
+    from google.protobuf.message import DecodeError  # noqa: F401
 
-    import onnx  # noqa: F401  (validation imports it lazily; load it now, outside the budget)
+    from inference import runtime, validation  # noqa: F401
 
     _limits_apply(memory_limit_mb=int(job["memory_limit_mb"]), timeout_s=float(job["timeout_s"]))
     deadline = started + float(job["timeout_s"])

@@ -22,7 +22,7 @@ def markdown_filter(text: str | None) -> SafeString:
 def tensor_shape(shape: Any) -> str:
     """``[-1, 3, 224, 224]`` → ``[N, 3, 224, 224]``: dynamic dimensions (-1, None or a name) read as symbols."""
     if shape is None:
-        return "scalar" if shape == [] else "—"
+        return "—"
     if not isinstance(shape, list | tuple):
         return str(shape)
     if not shape:
@@ -48,6 +48,25 @@ def ms(value: Any) -> str:
     if number < 100:
         return f"{number:.1f} ms"
     return f"{number:,.0f} ms"
+
+
+@register.filter
+def opsets(value: Any) -> str:
+    """Operator sets as ONNX reports them (``{"": 17, "ai.onnx.ml": 3}`` or a list of dicts) → ``ai.onnx 17, ai.onnx.ml 3``."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list | tuple):
+        items = []
+        for entry in value:
+            if isinstance(entry, dict):
+                items.append((entry.get("domain", ""), entry.get("version", "")))
+            else:
+                items.append(("", entry))
+    elif value in (None, ""):
+        return "—"
+    else:
+        return str(value)
+    return ", ".join(f"{domain or 'ai.onnx'} {version}" for domain, version in items) or "—"
 
 
 @register.simple_tag(takes_context=True)
