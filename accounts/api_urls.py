@@ -1,4 +1,18 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
+from accounts import api
 
-urlpatterns: list = []
+urlpatterns = [
+    path("me", api.MeApi.as_view(), name="api-me"),
+    path("organizations", api.OrganizationListApi.as_view(), name="api-organizations"),
+    path(
+        "organizations/<slug:slug>/members",
+        api.OrganizationMemberListApi.as_view(),
+        name="api-organization-members",
+    ),
+    path(
+        "organizations/<slug:slug>/invitations",
+        api.OrganizationInvitationCreateApi.as_view(),
+        name="api-organization-invitations",
+    ),
+]

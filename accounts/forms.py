@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django import forms
 from django.contrib.auth.forms import AdminUserCreationForm, AuthenticationForm, UserChangeForm
 
@@ -75,10 +77,11 @@ class InvitationCreateForm(forms.Form):
     email = forms.EmailField(label="Email", max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "off"}))
     role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.MEMBER)
 
-    def __init__(self, *args: object, can_invite_owner: bool = False, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, can_invite_owner: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         if not can_invite_owner:
-            self.fields["role"].choices = [c for c in Role.choices if c[0] != Role.OWNER]
+            role = cast(forms.ChoiceField, self.fields["role"])
+            role.choices = [c for c in Role.choices if c[0] != Role.OWNER]
 
 
 class MembershipRoleForm(forms.Form):

@@ -8,13 +8,12 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urljoin
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.mail import send_mail
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -28,13 +27,17 @@ from moderation.models import AuditAction
 
 INVITATION_TTL = timedelta(days=7)
 SLUG_MAX_LENGTH = Organization._meta.get_field("slug").max_length or 60
+# Slugs that would collide with fixed URLs under /accounts/organizations/.
+RESERVED_SLUGS = frozenset({"switch", "new"})
 
-# Not (yet) members of AuditAction; the column stores any string, so these rows are still written.
-AUDIT_MEMBER_ROLE_CHANGED = "organization.member_role_changed"
-AUDIT_MEMBER_REMOVED = "organization.member_removed"
+AUDIT_MEMBER_ROLE_CHANGED = AuditAction.MEMBER_ROLE_CHANGED
+AUDIT_MEMBER_REMOVED = AuditAction.MEMBER_REMOVED
 
 
 # --- users -------------------------------------------------------------------------------------
+
+
+_EMAIL_TAKEN = {"email": ["An account with this email already exists. Log in instead?"]}
 
 
 def _email_normalize(email: str) -> str:
@@ -49,18 +52,21 @@ def user_create(*, email: str, password: str, name: str = "") -> User:
     if not email:
         raise ApplicationError("An email address is required.", code="invalid", fields={"email": ["Required."]})
     if User.objects.filter(email__iexact=email).exists():
-        raise Conflict(
-            "An account with this email already exists.",
-            code="email_taken",
-            fields={"email": ["An account with this email already exists. Log in instead?"]},
-        )
+        raise Conflict("An account with this email already exists.", code="email_taken", fields=_EMAIL_TAKEN)
     candidate = User(email=email, name=name)
     try:
         validate_password(password, user=candidate)
     except DjangoValidationError as exc:
-        raise ApplicationError("Choose a stronger password.", code="weak_password", fields={"password": exc.messages})
+        raise ApplicationError(
+            "Choose a stronger password.", code="weak_password", fields={"password": exc.messages}
+        ) from exc
 
-    user = User.objects.create_user(email=email, password=password, name=name)
+    try:
+        with transaction.atomic():
+            user = User.objects.create_user(email=email, password=password, name=name)
+    except IntegrityError:
+        # Two signups with one address at the same moment: the unique index decides.
+        raise Conflict("An account with this email already exists.", code="email_taken", fields=_EMAIL_TAKEN) from None
     organization_create(user=user, name=f"{user.display_name}'s organization")
     return user
 
@@ -71,7 +77,7 @@ def user_create(*, email: str, password: str, name: str = "") -> User:
 def _slug_unique(*, base: str) -> str:
     base = (slugify(base) or "org")[: SLUG_MAX_LENGTH - 5].strip("-") or "org"
     slug, n = base, 1
-    while Organization.objects.filter(slug=slug).exists():
+    while slug in RESERVED_SLUGS or Organization.objects.filter(slug=slug).exists():
         n += 1
         slug = f"{base}-{n}"
     return slug
@@ -91,7 +97,7 @@ def organization_create(*, user: User, name: str, slug: str | None = None) -> Or
                 code="invalid",
                 fields={"slug": ["Use letters, numbers and hyphens."]},
             )
-        if Organization.objects.filter(slug=slug).exists():
+        if slug in RESERVED_SLUGS or Organization.objects.filter(slug=slug).exists():
             raise Conflict(
                 "This address is taken.", code="slug_taken", fields={"slug": ["This address is already taken."]}
             )
@@ -164,9 +170,7 @@ def membership_role_change(*, membership: Membership, role: str, actor: User) ->
     if touches_owner and actor_membership.role != Role.OWNER:
         raise Forbidden("Only owners can grant or take away the owner role.", code="owner_required")
     if membership.role == Role.OWNER and len(owners) <= 1:
-        raise Conflict(
-            "An organization needs at least one owner. Make someone else owner first.", code="last_owner"
-        )
+        raise Conflict("An organization needs at least one owner. Make someone else owner first.", code="last_owner")
 
     old_role = membership.role
     membership.role = role
@@ -192,9 +196,7 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
     owners = _owners_locked(organization=organization)
     membership.refresh_from_db()
     if membership.role == Role.OWNER and len(owners) <= 1:
-        raise Conflict(
-            "An organization needs at least one owner. Make someone else owner first.", code="last_owner"
-        )
+        raise Conflict("An organization needs at least one owner. Make someone else owner first.", code="last_owner")
 
     data = {"user_id": membership.user_id, "email": membership.user.email, "role": membership.role}
     membership.delete()
@@ -205,7 +207,7 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
 
 
 def invitation_accept_url(*, invitation: Invitation) -> str:
-    return urljoin(settings.SITE_URL, reverse("accounts:invitation_accept", kwargs={"token": invitation.token}))
+    return settings.SITE_URL.rstrip("/") + reverse("accounts:invitation_accept", kwargs={"token": invitation.token})
 
 
 def _invitation_email_send(*, invitation_id: int) -> None:
@@ -277,9 +279,7 @@ def invitation_accept(*, token: str, user: User) -> Membership:
     if invitation.accepted_at is not None:
         raise Conflict("This invitation has already been used.", code="invitation_used")
     if invitation.expires_at <= timezone.now():
-        raise ApplicationError(
-            "This invitation has expired. Ask for a new one.", code="invitation_expired", status=410
-        )
+        raise ApplicationError("This invitation has expired. Ask for a new one.", code="invitation_expired", status=410)
     if invitation.email.lower() != user.email.lower():
         raise Forbidden(
             f"This invitation was sent to {invitation.email}. Log in with that address to accept it.",

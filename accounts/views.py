@@ -5,7 +5,7 @@ Views stay thin: parse the form, call one service, show the result or the error 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -36,8 +36,15 @@ from marketplace.errors import ApplicationError
 HOME_URL = "/"
 
 
+def _user(request: HttpRequest) -> User:
+    """The signed-in user; only for views behind login_required."""
+    return cast(User, request.user)
+
+
 def _safe_redirect_target(request: HttpRequest, url: str | None, fallback: str = HOME_URL) -> str:
-    if url and url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+    if url and url_has_allowed_host_and_scheme(
+        url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
         return url
     return fallback
 
@@ -109,7 +116,7 @@ class PasswordResetCompleteView(auth_views.PasswordResetCompleteView):
 
 @login_required
 def organization_list(request: HttpRequest) -> HttpResponse:
-    user: User = request.user  # type: ignore[assignment]
+    user = _user(request)
     if request.method == "POST":
         form = OrganizationCreateForm(request.POST)
         if form.is_valid():
@@ -121,7 +128,9 @@ def organization_list(request: HttpRequest) -> HttpResponse:
                 form_add_application_error(form, exc)
             else:
                 # A new organization is almost always the one the user wants to act for next.
-                services.organization_switch(request_session=request.session, user=user, organization_id=organization.pk)
+                services.organization_switch(
+                    request_session=request.session, user=user, organization_id=organization.pk
+                )
                 messages.success(request, f"{organization.name} is ready. Invite your team below.")
                 return redirect("accounts:organization_detail", slug=organization.slug)
     else:
@@ -131,7 +140,7 @@ def organization_list(request: HttpRequest) -> HttpResponse:
 
 
 def _organization_for_member(request: HttpRequest, slug: str) -> Organization:
-    organization = selectors.organization_get_for_member(user=request.user, slug=slug)  # type: ignore[arg-type]
+    organization = selectors.organization_get_for_member(user=_user(request), slug=slug)
     if organization is None:
         # Same 404 whether it does not exist or belongs to someone else.
         raise Http404("No such organization.")
@@ -141,19 +150,22 @@ def _organization_for_member(request: HttpRequest, slug: str) -> Organization:
 def _organization_detail_render(
     request: HttpRequest, organization: Organization, *, invite_form: InvitationCreateForm | None = None
 ) -> HttpResponse:
-    user: User = request.user  # type: ignore[assignment]
+    user = _user(request)
     my_membership = selectors.membership_get(user=user, organization=organization)
     assert my_membership is not None  # callers checked membership
     can_manage = selectors.user_can_manage(user=user, organization=organization)
     is_owner = my_membership.role == Role.OWNER
     if can_manage and invite_form is None:
         invite_form = InvitationCreateForm(can_invite_owner=is_owner)
+    members = list(selectors.membership_list(organization=organization))
     context = {
         "organization": organization,
         "my_membership": my_membership,
         "can_manage": can_manage,
         "is_owner": is_owner,
-        "members": selectors.membership_list(organization=organization),
+        "members": members,
+        # The last owner cannot leave; hide the button rather than offer an action that must fail.
+        "can_leave": my_membership.role != Role.OWNER or sum(m.role == Role.OWNER for m in members) > 1,
         "invitations": selectors.invitation_list_pending(organization=organization) if can_manage else [],
         "invite_form": invite_form if can_manage else None,
         # Admins may not hand out or take away the owner role.
@@ -172,8 +184,9 @@ def organization_detail(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def organization_invite(request: HttpRequest, slug: str) -> HttpResponse:
     organization = _organization_for_member(request, slug)
-    user: User = request.user  # type: ignore[assignment]
-    is_owner = selectors.membership_get(user=user, organization=organization).role == Role.OWNER  # type: ignore[union-attr]
+    user = _user(request)
+    membership = selectors.membership_get(user=user, organization=organization)
+    is_owner = membership is not None and membership.role == Role.OWNER
     form = InvitationCreateForm(request.POST, can_invite_owner=is_owner)
     if form.is_valid():
         try:
@@ -191,7 +204,9 @@ def organization_invite(request: HttpRequest, slug: str) -> HttpResponse:
 
 def _membership_for_manager_action(request: HttpRequest, slug: str, membership_id: int) -> Membership:
     organization = _organization_for_member(request, slug)
-    return get_object_or_404(Membership.objects.select_related("user", "organization"), pk=membership_id, organization=organization)
+    return get_object_or_404(
+        Membership.objects.select_related("user", "organization"), pk=membership_id, organization=organization
+    )
 
 
 @login_required
@@ -203,7 +218,7 @@ def membership_role_change(request: HttpRequest, slug: str, membership_id: int) 
         messages.error(request, "Choose a valid role.")
     else:
         try:
-            services.membership_role_change(membership=membership, role=form.cleaned_data["role"], actor=request.user)  # type: ignore[arg-type]
+            services.membership_role_change(membership=membership, role=form.cleaned_data["role"], actor=_user(request))
         except ApplicationError as exc:
             messages.error(request, exc.message)
         else:
@@ -217,7 +232,7 @@ def membership_remove(request: HttpRequest, slug: str, membership_id: int) -> Ht
     membership = _membership_for_manager_action(request, slug, membership_id)
     leaving = membership.user_id == request.user.pk
     try:
-        services.membership_remove(membership=membership, actor=request.user)  # type: ignore[arg-type]
+        services.membership_remove(membership=membership, actor=_user(request))
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return redirect("accounts:organization_detail", slug=slug)
@@ -236,7 +251,9 @@ def organization_switch(request: HttpRequest) -> HttpResponse:
         raise Http404("No such organization.")
     try:
         organization = services.organization_switch(
-            request_session=request.session, user=request.user, organization_id=form.cleaned_data["organization"]  # type: ignore[arg-type]
+            request_session=request.session,
+            user=_user(request),
+            organization_id=form.cleaned_data["organization"],
         )
     except ApplicationError:
         raise Http404("No such organization.") from None
@@ -262,12 +279,14 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
     error: ApplicationError | None = None
     if request.method == "POST":
         try:
-            membership = services.invitation_accept(token=token, user=request.user)  # type: ignore[arg-type]
+            membership = services.invitation_accept(token=token, user=_user(request))
         except ApplicationError as exc:
             error = exc
         else:
             services.organization_switch(
-                request_session=request.session, user=request.user, organization_id=membership.organization_id  # type: ignore[arg-type]
+                request_session=request.session,
+                user=_user(request),
+                organization_id=membership.organization_id,
             )
             messages.success(request, f"Welcome to {membership.organization.name}!")
             return redirect("accounts:organization_detail", slug=membership.organization.slug)
@@ -277,6 +296,6 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
         "error": error,
         "is_expired": invitation.expires_at <= timezone.now(),
         "is_used": invitation.accepted_at is not None,
-        "wrong_email": invitation.email.lower() != request.user.email.lower(),  # type: ignore[union-attr]
+        "wrong_email": invitation.email.lower() != _user(request).email.lower(),
     }
     return render(request, "accounts/invitation_accept.html", context, status=error.status if error else 200)

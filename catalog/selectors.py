@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from django.db import connection
 from django.db.models import Case, Count, Exists, F, FloatField, IntegerField, OuterRef, Q, QuerySet, Value, When
-from django.db.models.fields.json import KT
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast, Lower
 from django.http import Http404
 
@@ -52,7 +52,10 @@ def _for_cards(qs: QuerySet[Listing]) -> QuerySet[Listing]:
             "published_at", "created_at", "organization__id", "organization__name", "organization__slug",
         )  # fmt: skip
         .annotate(
-            p50_ms_b1=Cast(KT("current_version__validation_report__metrics__p50_ms_b1"), FloatField()),
+            p50_ms_b1=Cast(
+                KeyTextTransform("p50_ms_b1", KeyTransform("metrics", "current_version__validation_report")),
+                FloatField(),
+            ),
         )
     )
 
@@ -224,15 +227,20 @@ def listing_domain_counts() -> list[tuple[str, str, int]]:
 
 
 def listing_viewer_is_member(*, listing: Listing, user: Any) -> bool:
-    """Whether ``user`` belongs to the listing's organization; staff count as members. Cached per listing."""
+    """Whether ``user`` belongs to the listing's organization. Cached on the listing for the request."""
     if user is None or not user.is_authenticated:
         return False
-    if user.is_staff:
-        return True
     cache: dict[int, bool] = listing.__dict__.setdefault("_viewer_member_cache", {})
     if user.pk not in cache:
         cache[user.pk] = Membership.objects.filter(organization_id=listing.organization_id, user=user).exists()
     return cache[user.pk]
+
+
+def listing_viewer_sees_all(*, listing: Listing, user: Any) -> bool:
+    """Members of the owning organization and staff see drafts, suspended listings and every version."""
+    if user is None or not user.is_authenticated:
+        return False
+    return bool(user.is_staff) or listing_viewer_is_member(listing=listing, user=user)
 
 
 def listing_get_public(*, slug: str, user: Any = None) -> Listing:
@@ -248,14 +256,14 @@ def listing_get_public(*, slug: str, user: Any = None) -> Listing:
     )
     if listing is None:
         raise Http404("No such listing.")
-    if listing.status != ListingStatus.PUBLISHED and not listing_viewer_is_member(listing=listing, user=user):
+    if listing.status != ListingStatus.PUBLISHED and not listing_viewer_sees_all(listing=listing, user=user):
         raise Http404("No such listing.")
     # A stable version that is no longer public (withdrawn) must not be shown to outsiders.
     version = listing.current_version
     if (
         version is not None
         and version.status not in SERVABLE_STATUSES
-        and not listing_viewer_is_member(listing=listing, user=user)
+        and not listing_viewer_sees_all(listing=listing, user=user)
     ):
         listing.current_version = None
     return listing
@@ -267,7 +275,7 @@ def version_list_for_listing(*, listing: Listing, user: Any = None) -> QuerySet[
         "id", "listing_id", "version", "major", "minor", "patch", "prerelease", "changelog", "status",
         "published_at", "created_at",
     )  # fmt: skip
-    if not listing_viewer_is_member(listing=listing, user=user):
+    if not listing_viewer_sees_all(listing=listing, user=user):
         qs = qs.filter(status__in=SERVABLE_STATUSES)
     return qs.order_by("-major", "-minor", "-patch", "-created_at")
 

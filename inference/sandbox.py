@@ -77,10 +77,7 @@ class SandboxOutcome:
         if self.signal_name is not None:
             # SIGKILL we did not send is the kernel OOM killer; aborts/segfaults are almost always
             # failed allocations that native code did not check under the address-space limit.
-            return (
-                f"{memory_reason(self.memory_limit_mb)} (The validation process was stopped by "
-                f"{self.signal_name}.)"
-            )
+            return f"{memory_reason(self.memory_limit_mb)} (The validation process was stopped by {self.signal_name}.)"
         if self.returncode not in (0, None):
             return f"Validation stopped unexpectedly (exit code {self.returncode})."
         return None

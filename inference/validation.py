@@ -47,9 +47,7 @@ LATENCY_RUNS = 30
 LATENCY_BUDGET_S = 10.0
 LATENCY_BATCH = 8
 _CHUNK = 1024 * 1024
-_RESAVE_HINT = (
-    "Re-save it as a single file with onnx.save_model(model, 'model.onnx', save_as_external_data=False)."
-)
+_RESAVE_HINT = "Re-save it as a single file with onnx.save_model(model, 'model.onnx', save_as_external_data=False)."
 
 
 class StepFailed(Exception):
@@ -131,10 +129,16 @@ def artifact_validate(
     on_step: Callable[[dict], None] | None = None,
     work_dir: Path | str | None = None,
 ) -> dict:
-    """Validate the ONNX file at `path` and return a JSON-serialisable report (see module docs
-    of the report shape in README/report). `work_dir` is where the private per-run temp dir is made
-    (default: the system temp dir). Raises sandbox.SandboxError only for infrastructure problems
-    (the child could not be started); anything the file does is reported, never raised."""
+    """Validate the ONNX file at `path`; anything the file does is reported, never raised.
+
+    Returns {"ok", "reason" (the first failed step's detail, or None), "sha256", "steps": [{"key",
+    "label", "status": passed|failed|skipped, "detail", "duration_ms"}] in STEPS order, "signature",
+    "metrics", "model", "smoke"} (the last four None when not reached). on_step gets each step dict
+    as it finishes, skipped ones included. `memory_limit_mb` is the address space the model may use
+    on top of the runtime's own footprint; `timeout_s` bounds the whole sandboxed part.
+    `work_dir` is where the private per-run temp dir is made (default: the system temp dir).
+    Raises sandbox.SandboxError only when the sandbox cannot be started (infrastructure).
+    """
     path = Path(path)
     report = _Report(on_step)
     private_dir = Path(tempfile.mkdtemp(prefix="mp-validate-", dir=work_dir))
@@ -179,7 +183,9 @@ def _size_step(report: _Report, *, path: Path, expected_size: int | None, max_by
     if problem:
         report.add(_step("size", "failed", problem, duration))
         return None
-    report.add(_step("size", "passed", f"{_size_human(size)} ({size} bytes).", duration))
+    human = _size_human(size)
+    detail = f"{human}." if human.endswith("bytes") else f"{human} ({size} bytes)."
+    report.add(_step("size", "passed", f"{detail[:-1]}, within the {_size_human(max_bytes)} limit.", duration))
     return size
 
 
@@ -207,7 +213,9 @@ def _sha256_step(report: _Report, *, path: Path, copy_to: Path, expected_sha256:
         )
         report.add(_step("sha256", "failed", detail, duration))
         return False
-    detail = f"SHA-256 {actual}" + (" matches the declared checksum." if expected_sha256 else " (no checksum declared).")
+    detail = f"SHA-256 {actual}" + (
+        " matches the declared checksum." if expected_sha256 else " (no checksum declared)."
+    )
     report.add(_step("sha256", "passed", detail, duration))
     return True
 
@@ -267,17 +275,11 @@ def format_sniff(head: bytes, *, size: int | None = None, data: bytes | None = N
     if not head:
         return "The file is empty."
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        return (
-            "The file is a Python pickle, not an ONNX model. "
-            "Export your model with torch.onnx.export or skl2onnx."
-        )
+        return "The file is a Python pickle, not an ONNX model. Export your model with torch.onnx.export or skl2onnx."
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return _zip_reason(data)
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return (
-            "The file is an HDF5 file (for example a Keras .h5 model), not an ONNX model. "
-            "Convert it with tf2onnx."
-        )
+        return "The file is an HDF5 file (for example a Keras .h5 model), not an ONNX model. Convert it with tf2onnx."
     if head.startswith(b"GGUF"):
         return "The file is a GGUF (llama.cpp) model, not an ONNX model."
     if head[4:8] == b"TFL3":
@@ -293,7 +295,7 @@ def format_sniff(head: bytes, *, size: int | None = None, data: bytes | None = N
                 "The file is a safetensors weights file, not an ONNX model: it holds weights but no graph. "
                 "Export the full model with torch.onnx.export."
             )
-    text = _as_text(head)
+    text = None if _looks_like_onnx(head) else _as_text(head)
     if text is not None:
         lowered = text.lstrip().lower()
         if lowered.startswith(("<!doctype html", "<html")) or "<html" in lowered[:1024]:
@@ -368,9 +370,7 @@ def model_parse(data: bytes) -> Any:
             ) from exc
         raise StepFailed("The file is not an ONNX model: it could not be read as an ONNX protobuf.") from exc
     if proto.ir_version <= 0 or not proto.HasField("graph") or not (proto.graph.node or proto.graph.output):
-        raise StepFailed(
-            "The file is not an ONNX model: it has no ONNX graph (no IR version, nodes or outputs)."
-        )
+        raise StepFailed("The file is not an ONNX model: it has no ONNX graph (no IR version, nodes or outputs).")
     return proto
 
 
@@ -527,8 +527,24 @@ def model_summary(proto: Any) -> dict:
         "producer_name": proto.producer_name,
         "producer_version": proto.producer_version,
         "node_count": sum(1 for _ in _graph_nodes(proto.graph, "")),
-        "parameter_bytes": sum(_tensor_nbytes(tensor) for tensor in _all_tensors(proto)),
+        "parameter_bytes": sum(_tensor_nbytes(tensor) for tensor in _all_tensors(proto))
+        + sum(_attribute_nbytes(node) for node, _ in _all_nodes(proto)),
     }
+
+
+def _attribute_nbytes(node: Any) -> int:
+    # ONNX-ML operators (linear models, tree ensembles) keep their parameters in list attributes.
+    import onnx
+
+    total = 0
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.FLOATS:
+            total += 4 * len(attribute.floats)
+        elif attribute.type == onnx.AttributeProto.INTS:
+            total += 8 * len(attribute.ints)
+        elif attribute.type == onnx.AttributeProto.STRINGS:
+            total += sum(len(item) for item in attribute.strings)
+    return total
 
 
 def checker_problem(proto: Any) -> str | None:
@@ -603,9 +619,7 @@ def _sample_feeds(signature: dict, sample_input: Any) -> dict:
             if shape is not None:
                 array = array.reshape([int(d) for d in shape])
         except (ValueError, TypeError, OverflowError) as exc:
-            raise StepFailed(
-                f"Sample input '{name}' could not be read as {spec['datatype']} values: {exc}."
-            ) from exc
+            raise StepFailed(f"Sample input '{name}' could not be read as {spec['datatype']} values: {exc}.") from exc
         if not _fits(list(array.shape), spec["shape"]):
             raise StepFailed(
                 f"Sample input '{name}' has shape {list(array.shape)}, but the model expects "
@@ -783,9 +797,7 @@ def artifact_inspect(
         p50_b8 = p95_b8 = None
         if batchable:
             try:
-                p50_b8, p95_b8 = _percentiles(
-                    _timings(handle, _batched(b1_feeds, LATENCY_BATCH), budget_s=budget / 2)
-                )
+                p50_b8, p95_b8 = _percentiles(_timings(handle, _batched(b1_feeds, LATENCY_BATCH), budget_s=budget / 2))
             except runtime.RuntimeFailure as exc:
                 if exc.kind == "memory":
                     raise

@@ -31,6 +31,8 @@ class AuditAction(models.TextChoices):
     ORG_CREATED = "organization.created", "Organization created"
     MEMBER_INVITED = "organization.member_invited", "Member invited"
     MEMBER_JOINED = "organization.member_joined", "Member joined"
+    MEMBER_ROLE_CHANGED = "organization.member_role_changed", "Member role changed"
+    MEMBER_REMOVED = "organization.member_removed", "Member removed"
 
 
 class AuditLogQuerySet(models.QuerySet["AuditLogEntry"]):

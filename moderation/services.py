@@ -11,7 +11,7 @@ from typing import Any, Literal
 from django.db import transaction
 from django.utils import timezone
 
-from catalog.models import Listing, ListingStatus, Version, VersionStatus
+from catalog.models import SERVABLE_STATUSES, Listing, ListingStatus, Version, VersionStatus
 from catalog.states import version_move
 from marketplace.errors import ApplicationError, Conflict, Forbidden, NotFound
 from moderation import emails
@@ -61,17 +61,16 @@ def _listing_locked(listing: Listing) -> Listing:
 
 @transaction.atomic
 def version_approve(*, version: Version, actor: Any, note: str = "") -> Version:
-    """in_review → approved → published: an approved version goes live at once."""
+    """in_review → approved → published: an approved version goes live at once.
+
+    On a suspended listing the version is published but the listing stays hidden until reinstated
+    (the catalog keeps a suspended listing's status when its versions change).
+    """
     from catalog.services import version_publish  # the catalog owns publishing
 
     _staff_required(actor)
     note = _optional_text(note, field="note")
     version = _version_locked(version)
-    if version.listing.status == ListingStatus.SUSPENDED:
-        raise Conflict(
-            f"{version.listing.name} is suspended; reinstate the listing before approving a version.",
-            code="listing_suspended",
-        )
     version_move(version=version, to=VersionStatus.APPROVED)
     version.status_reason = ""
     version.reviewed_by = actor
@@ -101,6 +100,24 @@ def version_reject(*, version: Version, actor: Any, reason: str) -> Version:
 
     version_id = version.pk
     transaction.on_commit(lambda: emails.version_rejected_send(version_id=version_id))
+    return version
+
+
+@transaction.atomic
+def version_take_down(*, version: Version, actor: Any, reason: str) -> Version:
+    """Withdraw a version for good on staff's decision (e.g. a hostile file found after publishing).
+
+    The catalog's version_withdraw moves the stable channel to the next version; this adds the staff
+    check, a required reason and the email to the publisher.
+    """
+    from catalog.services import version_withdraw
+
+    _staff_required(actor)
+    reason = _required_text(reason, field="reason", what="A reason")
+    version = version_withdraw(version=version, actor=actor, reason=reason)
+
+    version_id = version.pk
+    transaction.on_commit(lambda: emails.version_taken_down_send(version_id=version_id))
     return version
 
 
@@ -148,7 +165,8 @@ def listing_reinstate(*, listing: Listing, actor: Any, note: str = "") -> Listin
     if listing.status != ListingStatus.SUSPENDED:
         raise Conflict(f"{listing.name} is not suspended.", code="invalid_state")
     current = listing.current_version
-    has_live_version = current is not None and current.status == VersionStatus.PUBLISHED
+    # The same rule as the catalog's stable channel: deprecated versions still serve pinned buyers.
+    has_live_version = current is not None and current.status in SERVABLE_STATUSES
     listing.status = ListingStatus.PUBLISHED if has_live_version else ListingStatus.DRAFT
     listing.status_reason = ""
     listing.save(update_fields=["status", "status_reason", "updated_at"])

@@ -1,0 +1,176 @@
+"""REST API for the signed-in user, their organizations, members and invitations.
+
+Each view validates input with its InputSerializer, makes one service or selector call and renders
+with its OutputSerializer. Errors become ``{"error": {...}}`` in marketplace.errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import selectors, services
+from accounts.models import Organization, Role, User
+from marketplace.errors import NotFound
+
+TAGS = ["accounts"]
+
+
+def _organization_for_member(*, user: User, slug: str) -> Organization:
+    organization = selectors.organization_get_for_member(user=user, slug=slug)
+    if organization is None:
+        # Same answer for "does not exist" and "not yours".
+        raise NotFound("No such organization.")
+    return organization
+
+
+def _paginated(*, request: Request, view: APIView, queryset: QuerySet, serializer_class: type) -> Response:
+    paginator = view.pagination_class()  # type: ignore[attr-defined]
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+@extend_schema_serializer(component_name="MemberOrganization")
+class MembershipOrganizationOutput(serializers.Serializer):
+    """An organization as seen by one of its members (built from their Membership)."""
+
+    id = serializers.IntegerField(source="organization.id")
+    name = serializers.CharField(source="organization.name")
+    slug = serializers.CharField(source="organization.slug")
+    role = serializers.ChoiceField(choices=Role.choices)
+    created_at = serializers.DateTimeField(source="organization.created_at")
+
+
+class MeApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema_serializer(component_name="Me")
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        email = serializers.EmailField()
+        name = serializers.CharField()
+        display_name = serializers.CharField()
+        is_staff = serializers.BooleanField()
+        current_organization = serializers.SerializerMethodField()
+        organizations = serializers.SerializerMethodField()
+
+        def get_current_organization(self, user: User) -> str | None:
+            """Slug of the organization chosen in the switcher."""
+            organization = self.context.get("current_organization")
+            return organization.slug if organization is not None else None
+
+        @extend_schema_field(MembershipOrganizationOutput(many=True))
+        def get_organizations(self, user: User) -> list[dict[str, Any]]:
+            memberships = selectors.organization_list_with_roles(user=user)
+            return MembershipOrganizationOutput(memberships, many=True).data  # type: ignore[return-value]
+
+    @extend_schema(tags=TAGS, summary="The signed-in user and their organizations", responses={200: OutputSerializer})
+    def get(self, request: Request) -> Response:
+        context = {"current_organization": getattr(request, "organization", None)}
+        return Response(self.OutputSerializer(request.user, context=context).data)
+
+
+class OrganizationListApi(APIView):
+    permission_classes = [IsAuthenticated]
+    pagination_class = LimitOffsetPagination
+
+    @extend_schema_serializer(component_name="OrganizationCreateInput")
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=120)
+        slug = serializers.SlugField(max_length=60, required=False, allow_blank=True)
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Organizations I belong to, with my role",
+        responses={200: MembershipOrganizationOutput(many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        memberships = selectors.organization_list_with_roles(user=cast(User, request.user))
+        return _paginated(
+            request=request, view=self, queryset=memberships, serializer_class=MembershipOrganizationOutput
+        )
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Create an organization; I become its owner",
+        request=InputSerializer,
+        responses={201: MembershipOrganizationOutput},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        organization = services.organization_create(
+            user=cast(User, request.user),
+            name=serializer.validated_data["name"],
+            slug=serializer.validated_data.get("slug") or None,
+        )
+        membership = selectors.membership_get(user=cast(User, request.user), organization=organization)
+        return Response(MembershipOrganizationOutput(membership).data, status=status.HTTP_201_CREATED)
+
+
+class OrganizationMemberListApi(APIView):
+    permission_classes = [IsAuthenticated]
+    pagination_class = LimitOffsetPagination
+
+    @extend_schema_serializer(component_name="OrganizationMember")
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField(help_text="Membership id.")
+        user_id = serializers.IntegerField()
+        email = serializers.EmailField(source="user.email")
+        name = serializers.CharField(source="user.name")
+        role = serializers.ChoiceField(choices=Role.choices)
+        joined_at = serializers.DateTimeField(source="created_at")
+
+    @extend_schema(
+        tags=TAGS, summary="Members of an organization I belong to", responses={200: OutputSerializer(many=True)}
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        organization = _organization_for_member(user=cast(User, request.user), slug=slug)
+        members = selectors.membership_list(organization=organization)
+        return _paginated(request=request, view=self, queryset=members, serializer_class=self.OutputSerializer)
+
+
+class OrganizationInvitationCreateApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema_serializer(component_name="InvitationCreateInput")
+    class InputSerializer(serializers.Serializer):
+        email = serializers.EmailField()
+        role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+
+    @extend_schema_serializer(component_name="Invitation")
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        organization = serializers.CharField(source="organization.slug")
+        email = serializers.EmailField()
+        role = serializers.ChoiceField(choices=Role.choices)
+        invited_by = serializers.EmailField(source="invited_by.email", allow_null=True)
+        created_at = serializers.DateTimeField()
+        expires_at = serializers.DateTimeField()
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Invite someone by email (owners and admins)",
+        description="The invitee gets an email with a single-use link that expires after 7 days.",
+        request=InputSerializer,
+        responses={201: OutputSerializer},
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        organization = _organization_for_member(user=cast(User, request.user), slug=slug)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        invitation = services.invitation_create(
+            organization=organization,
+            invited_by=cast(User, request.user),
+            email=serializer.validated_data["email"],
+            role=serializer.validated_data["role"],
+        )
+        return Response(self.OutputSerializer(invitation).data, status=status.HTTP_201_CREATED)

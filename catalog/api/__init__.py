@@ -1,0 +1,1 @@
+"""The catalog API: browse (read-only, public) and publishing."""

@@ -1,0 +1,168 @@
+"""Publisher pages under /publish/: dashboard, listing forms, new version upload, live version page.
+
+Thin: reads come from catalog.publish_selectors, writes from catalog.services. Pages of listings and
+versions the user does not manage are 404s, whoever owns them.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts.selectors import user_can_manage
+from catalog import services
+from catalog.forms import ListingCreateForm, ListingForm, VersionForm, form_errors_apply
+from catalog.models import Listing, Version, VersionStatus
+from catalog.publish_selectors import (
+    listing_get_for_manager,
+    listing_list_for_organization,
+    version_get_for_manager,
+    version_list_for_listing,
+)
+from marketplace.errors import ApplicationError, NotFound
+
+
+def _listing_or_404(request: HttpRequest, slug: str) -> Listing:
+    try:
+        return listing_get_for_manager(user=request.user, slug=slug)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+
+
+def _version_or_404(request: HttpRequest, version_id: int) -> Version:
+    try:
+        return version_get_for_manager(user=request.user, version_id=version_id)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    organization = getattr(request, "organization", None)
+    can_manage = organization is not None and user_can_manage(user=request.user, organization=organization)
+    listings = list(listing_list_for_organization(organization=organization)) if can_manage else []
+    return render(
+        request,
+        "publish/dashboard.html",
+        {"organization": organization, "can_manage": can_manage, "listings": listings},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def listing_create(request: HttpRequest) -> HttpResponse:
+    organization = getattr(request, "organization", None)
+    if organization is None or not user_can_manage(user=request.user, organization=organization):
+        raise Http404("Only owners and admins of an organization can create listings.")
+    form = ListingCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            listing = services.listing_create(organization=organization, user=request.user, **form.cleaned_for_service())
+        except ApplicationError as exc:
+            form_errors_apply(form, exc.fields, exc.message)
+        else:
+            messages.success(request, f"“{listing.name}” is created. Upload its first version next.")
+            return redirect("publish:version-create", slug=listing.slug)
+    return render(request, "publish/listing_form.html", {"form": form, "organization": organization})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def listing_manage(request: HttpRequest, slug: str) -> HttpResponse:
+    listing = _listing_or_404(request, slug)
+    form = ListingForm(request.POST or None, initial=ListingForm.initial_from(listing))
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.listing_update(listing=listing, user=request.user, **form.cleaned_for_service())
+        except ApplicationError as exc:
+            form_errors_apply(form, exc.fields, exc.message)
+        else:
+            messages.success(request, "Listing saved.")
+            return redirect("publish:listing-manage", slug=listing.slug)
+    versions = version_list_for_listing(listing=listing)
+    return render(request, "publish/listing_manage.html", {"listing": listing, "form": form, "versions": versions})
+
+
+@login_required
+def version_create(request: HttpRequest, slug: str) -> HttpResponse:
+    listing = _listing_or_404(request, slug)
+    latest = version_list_for_listing(listing=listing).exclude(status=VersionStatus.WITHDRAWN).first()
+    suggestion = f"{latest.major}.{latest.minor + 1}.0" if latest else "1.0.0"
+    form = VersionForm(initial={"version": suggestion})
+    return render(
+        request,
+        "publish/version_create.html",
+        {
+            "listing": listing,
+            "form": form,
+            "max_bytes": settings.ARTIFACT_MAX_BYTES,
+            "create_url": reverse("api-publisher-listing-versions", kwargs={"slug": listing.slug}),
+            "complete_url_template": reverse("api-version-complete", kwargs={"version_id": 0}).replace("/0/", "/{id}/"),
+            "upload_url_template": reverse("api-version-upload", kwargs={"version_id": 0}).replace("/0/", "/{id}/"),
+            "version_page_template": reverse("publish:version-detail", kwargs={"version_id": 0}).replace("/0/", "/{id}/"),
+        },
+    )
+
+
+@login_required
+def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = _version_or_404(request, version_id)
+    report = version.validation_report or {}
+    return render(
+        request,
+        "publish/version_detail.html",
+        {
+            "version": version,
+            "listing": version.listing,
+            "report": report,
+            "steps": report.get("steps") or [],
+            "metrics": report.get("metrics") or {},
+            "model": report.get("model") or {},
+            "signature": version.signature or {},
+            "is_live": version.status in (VersionStatus.UPLOADING, VersionStatus.VALIDATING),
+            "can_submit": version.status in (VersionStatus.READY, VersionStatus.REJECTED),
+            "can_deprecate": version.status == VersionStatus.PUBLISHED,
+            "can_withdraw": version.status != VersionStatus.WITHDRAWN,
+            "api_url": reverse("api-version-detail", kwargs={"version_id": version.pk}),
+        },
+    )
+
+
+def _version_action(request: HttpRequest, version_id: int, action: str) -> HttpResponse:
+    version = _version_or_404(request, version_id)
+    try:
+        if action == "submit":
+            services.version_submit(version=version, user=request.user)
+            messages.success(request, f"Version {version.version} is submitted for review.")
+        elif action == "deprecate":
+            services.version_deprecate(version=version, user=request.user)
+            messages.success(request, f"Version {version.version} is deprecated.")
+        else:
+            services.version_withdraw(version=version, actor=request.user, reason=request.POST.get("reason", ""))
+            messages.success(request, f"Version {version.version} is withdrawn.")
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    return redirect("publish:version-detail", version_id=version.pk)
+
+
+@login_required
+@require_POST
+def version_submit(request: HttpRequest, version_id: int) -> HttpResponse:
+    return _version_action(request, version_id, "submit")
+
+
+@login_required
+@require_POST
+def version_deprecate(request: HttpRequest, version_id: int) -> HttpResponse:
+    return _version_action(request, version_id, "deprecate")
+
+
+@login_required
+@require_POST
+def version_withdraw(request: HttpRequest, version_id: int) -> HttpResponse:
+    return _version_action(request, version_id, "withdraw")
