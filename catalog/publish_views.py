@@ -62,7 +62,9 @@ def listing_create(request: HttpRequest) -> HttpResponse:
     form = ListingCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            listing = services.listing_create(organization=organization, user=request.user, **form.cleaned_for_service())
+            listing = services.listing_create(
+                organization=organization, user=request.user, **form.cleaned_for_service()
+            )
         except ApplicationError as exc:
             form_errors_apply(form, exc.fields, exc.message)
         else:
@@ -104,7 +106,9 @@ def version_create(request: HttpRequest, slug: str) -> HttpResponse:
             "create_url": reverse("api-publisher-listing-versions", kwargs={"slug": listing.slug}),
             "complete_url_template": reverse("api-version-complete", kwargs={"version_id": 0}).replace("/0/", "/{id}/"),
             "upload_url_template": reverse("api-version-upload", kwargs={"version_id": 0}).replace("/0/", "/{id}/"),
-            "version_page_template": reverse("publish:version-detail", kwargs={"version_id": 0}).replace("/0/", "/{id}/"),
+            "version_page_template": reverse("publish:version-detail", kwargs={"version_id": 0}).replace(
+                "/0/", "/{id}/"
+            ),
         },
     )
 

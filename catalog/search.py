@@ -5,22 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.contrib.postgres.aggregates import StringAgg
-from django.contrib.postgres.search import SearchVector
+from django.contrib.postgres.search import CombinedSearchVector, SearchVector
 from django.db import connection
 from django.db.models import OuterRef, Subquery, TextField
 
 from catalog.models import Listing
 
 
-def listing_search_document_update(*, listing_ids: Iterable[int]) -> None:
-    """Weights: name A, tags and summary B, model card C. A no-op on SQLite.
+def listing_search_vector() -> CombinedSearchVector:
+    """The document as an expression over a listing row: name A, tags and summary B, model card C.
 
-    One UPDATE for any number of listings (tags gathered by a correlated subquery); SearchVector
-    coalesces NULLs (no tags, no card) to ''.
+    Tags are gathered by a correlated subquery, so one UPDATE can rebuild any number of listings;
+    SearchVector coalesces NULLs (no tags, no card) to ''.
     """
-    ids = list(listing_ids)
-    if not ids or connection.vendor != "postgresql":
-        return
     tag_names = Subquery(
         Listing.tags.through.objects.filter(listing_id=OuterRef("pk"))
         .order_by()
@@ -29,9 +26,17 @@ def listing_search_document_update(*, listing_ids: Iterable[int]) -> None:
         .values("names"),
         output_field=TextField(),
     )
-    Listing.objects.filter(pk__in=ids).update(
-        search_vector=SearchVector("name", weight="A", config="english")
+    return (
+        SearchVector("name", weight="A", config="english")
         + SearchVector(tag_names, weight="B", config="english")
         + SearchVector("summary", weight="B", config="english")
         + SearchVector("model_card", weight="C", config="english")
     )
+
+
+def listing_search_document_update(*, listing_ids: Iterable[int]) -> None:
+    """Rebuild the document of these listings in one UPDATE. A no-op on SQLite."""
+    ids = list(listing_ids)
+    if not ids or connection.vendor != "postgresql":
+        return
+    Listing.objects.filter(pk__in=ids).update(search_vector=listing_search_vector())

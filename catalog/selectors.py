@@ -11,7 +11,20 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from django.db import connection
-from django.db.models import Case, Count, Exists, F, FloatField, IntegerField, OuterRef, Q, QuerySet, Value, When
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    F,
+    FloatField,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast, Lower
 from django.http import Http404
@@ -39,6 +52,13 @@ def _public() -> QuerySet[Listing]:
     return Listing.objects.filter(status=ListingStatus.PUBLISHED)
 
 
+# A correlated subquery rather than a join: PostgreSQL evaluates it only for the rows that survive
+# ORDER BY ... LIMIT, instead of joining every matching listing to its version before ranking.
+_p50_of_current_version = Version.objects.filter(pk=OuterRef("current_version_id")).order_by().values(
+    p50=Cast(KeyTextTransform("p50_ms_b1", KeyTransform("metrics", "validation_report")), FloatField())
+)[:1]
+
+
 def _for_cards(qs: QuerySet[Listing]) -> QuerySet[Listing]:
     """What a result card shows: the publisher, badges and p50 at batch 1 of the current version.
 
@@ -51,12 +71,7 @@ def _for_cards(qs: QuerySet[Listing]) -> QuerySet[Listing]:
             "id", "name", "slug", "summary", "domain", "task", "license", "status", "is_featured",
             "published_at", "created_at", "organization__id", "organization__name", "organization__slug",
         )  # fmt: skip
-        .annotate(
-            p50_ms_b1=Cast(
-                KeyTextTransform("p50_ms_b1", KeyTransform("metrics", "current_version__validation_report")),
-                FloatField(),
-            ),
-        )
+        .annotate(p50_ms_b1=Subquery(_p50_of_current_version))
     )
 
 
@@ -122,12 +137,11 @@ def _filter(
     tag: str | None = None,
     organization: Organization | None = None,
     rank: bool = False,
-    skip_facet: str | None = None,
 ) -> QuerySet[Listing]:
     qs = _apply_text_search(qs, query, rank=rank)
     selected = {"domain": domain, "task": task, "license": license}
     for name, values in selected.items():
-        if values and name != skip_facet:
+        if values:
             qs = qs.filter(**{f"{name}__in": values})
     if tag:
         qs = qs.filter(Exists(Tag.objects.filter(listings=OuterRef("pk"), name=tag)))
@@ -164,11 +178,58 @@ def listing_search(
     if sort == "name":
         return qs.order_by(Lower("name"), "id")
     if sort == "relevance" and has_query:
-        return qs.order_by("-rank", F("published_at").desc(nulls_last=True), "-id")
-    return qs.order_by(F("published_at").desc(nulls_last=True), "-id")
+        return qs.order_by("-rank", "-published_at", "-id")
+    return qs.order_by("-published_at", "-id")
 
 
 FacetCounts = dict[str, list[tuple[str, str, int]]]
+
+
+def listing_facets_and_count(
+    *,
+    query: str = "",
+    domain: list[str] | None = None,
+    task: list[str] | None = None,
+    license: list[str] | None = None,
+    tag: str | None = None,
+    organization: Organization | None = None,
+    **_: Any,
+) -> tuple[FacetCounts, int]:
+    """Facet counts (see ``listing_facets``) and the number of results of the same search, in one query.
+
+    Standard faceting: each facet is counted with the query and the *other* facets' filters applied,
+    so ticking a domain does not hide the other domains. One aggregate counts the listings that match
+    the text and tag per (domain, task, license) combination (at most 10 × 7 × 6 rows); every facet
+    and the total are sums over those rows, which is exact because each listing has exactly one value
+    of each. So the match set is scanned once, not once per facet.
+    """
+    selected = {"domain": set(domain or []), "task": set(task or []), "license": set(license or [])}
+    qs = _filter(_public(), query=query, tag=tag, organization=organization)
+    cube = qs.order_by().values_list("domain", "task", "license").annotate(n=Count("*"))
+
+    counts: dict[str, dict[str, int]] = {name: {} for name in FACETS}
+    total = 0
+    for d, t, lic, n in cube:
+        passes = {
+            "domain": not selected["domain"] or d in selected["domain"],
+            "task": not selected["task"] or t in selected["task"],
+            "license": not selected["license"] or lic in selected["license"],
+        }
+        for name, value in (("domain", d), ("task", t), ("license", lic)):
+            if all(ok for other, ok in passes.items() if other != name):
+                counts[name][value] = counts[name].get(value, 0) + n
+        if all(passes.values()):
+            total += n
+
+    facets: FacetCounts = {
+        name: [
+            (value, label, counts[name].get(value, 0))
+            for value, label in choices.choices
+            if counts[name].get(value) or value in selected[name]
+        ]
+        for name, choices in FACETS.items()
+    }
+    return facets, total
 
 
 def listing_facets(
@@ -183,46 +244,29 @@ def listing_facets(
 ) -> FacetCounts:
     """Counts per value of domain, task and license: ``{"domain": [(value, label, count), ...], ...}``.
 
-    One aggregate query per facet; each facet is counted with the query and the *other* facets' filters
-    applied, so ticking a domain does not hide the other domains. Values with no hits are left out
-    unless they are selected. Extra keyword arguments (e.g. ``sort``) are ignored so callers can pass
-    the same filters they give ``listing_search``.
+    Each facet is counted with the query and the other facets' filters applied. Values with no hits
+    are left out unless they are selected. Extra keyword arguments (e.g. ``sort``) are ignored so
+    callers can pass the same filters they give ``listing_search``.
     """
-    selected = {"domain": domain or [], "task": task or [], "license": license or []}
-    facets: FacetCounts = {}
-    for name, choices in FACETS.items():
-        qs = _filter(
-            _public(),
-            query=query,
-            domain=domain,
-            task=task,
-            license=license,
-            tag=tag,
-            organization=organization,
-            skip_facet=name,
-        )
-        counts = dict(qs.order_by().values_list(name).annotate(n=Count("id")).values_list(name, "n"))
-        facets[name] = [
-            (value, label, counts.get(value, 0))
-            for value, label in choices.choices
-            if counts.get(value, 0) or value in selected[name]
-        ]
+    facets, _total = listing_facets_and_count(
+        query=query, domain=domain, task=task, license=license, tag=tag, organization=organization
+    )
     return facets
 
 
 def listing_featured(*, limit: int = 6) -> QuerySet[Listing]:
     return _for_cards(_public().filter(is_featured=True)).order_by(
-        F("featured_at").desc(nulls_last=True), F("published_at").desc(nulls_last=True), "-id"
+        F("featured_at").desc(nulls_last=True), "-published_at", "-id"
     )[:limit]
 
 
 def listing_newest(*, limit: int = 9) -> QuerySet[Listing]:
-    return _for_cards(_public()).order_by(F("published_at").desc(nulls_last=True), "-id")[:limit]
+    return _for_cards(_public()).order_by("-published_at", "-id")[:limit]
 
 
 def listing_domain_counts() -> list[tuple[str, str, int]]:
     """``(value, label, count)`` of public listings per domain, for the home page shortcuts."""
-    counts = dict(_public().order_by().values_list("domain").annotate(n=Count("id")).values_list("domain", "n"))
+    counts = dict(_public().order_by().values_list("domain").annotate(n=Count("*")).values_list("domain", "n"))
     return [(value, label, counts.get(value, 0)) for value, label in Domain.choices]
 
 
@@ -287,10 +331,12 @@ def listing_suggestions(*, query: str, limit: int = 5) -> QuerySet[Listing] | li
         return []
     from django.contrib.postgres.search import TrigramWordSimilarity
 
+    # name %> query: word similarity above pg_trgm.word_similarity_threshold (0.6), answered by the
+    # trigram index on the name (migration 0003).
     return (
         _public()
+        .filter(name__trigram_word_similar=query)
         .annotate(similarity=TrigramWordSimilarity(query, "name"))
-        .filter(similarity__gte=0.3)
         .only("id", "name", "slug")
         .order_by("-similarity", "id")[:limit]
     )

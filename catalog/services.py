@@ -37,24 +37,14 @@ from catalog.models import (
 from catalog.search import listing_search_document_update
 from catalog.states import version_move
 from marketplace.errors import ApplicationError, Conflict, Forbidden
+from marketplace.integrations import s3 as storage
 from moderation.audit import audit_log_write
 from moderation.models import AuditAction
 
 logger = logging.getLogger(__name__)
 
 
-class _StorageModule:  # TEMPORARY until marketplace/integrations/s3.py lands: keeps URL imports working
-    def __getattr__(self, name: str) -> Any:
-        from marketplace.integrations import s3
-
-        return getattr(s3, name)
-
-
-storage = _StorageModule()
-
-SEMVER_RE = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
-)
+SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9 +#._-]*$")
 MAX_TAGS = 12
@@ -90,7 +80,9 @@ def size_human(num_bytes: int) -> str:
 def semver_parse(value: str) -> tuple[int, int, int, str]:
     match = SEMVER_RE.match(value or "")
     if match is None:
-        raise _invalid("version", f"“{value}” is not a semantic version; use major.minor.patch, e.g. 1.2.0 or 2.0.0-rc.1.")
+        raise _invalid(
+            "version", f"“{value}” is not a semantic version; use major.minor.patch, e.g. 1.2.0 or 2.0.0-rc.1."
+        )
     major, minor, patch, prerelease = match.groups()
     return int(major), int(minor), int(patch), prerelease or ""
 
@@ -117,7 +109,9 @@ def _tags_clean(tags: list[str]) -> list[str]:
         if not tag:
             continue
         if len(tag) > 40 or not TAG_RE.match(tag):
-            raise _invalid("tags", f"“{tag[:40]}” is not a valid tag: use up to 40 letters, digits, spaces or - _ . + #.")
+            raise _invalid(
+                "tags", f"“{tag[:40]}” is not a valid tag: use up to 40 letters, digits, spaces or - _ . + #."
+            )
         if tag not in cleaned:
             cleaned.append(tag)
     if len(cleaned) > MAX_TAGS:
@@ -227,7 +221,10 @@ def listing_create(
     _tags_set(listing=listing, tags=tag_names)
     listing_search_document_update(listing_ids=[listing.pk])
     audit_log_write(
-        action=AuditAction.LISTING_CREATED, actor=user, listing=listing, data={"slug": listing.slug, "name": listing.name}
+        action=AuditAction.LISTING_CREATED,
+        actor=user,
+        listing=listing,
+        data={"slug": listing.slug, "name": listing.name},
     )
     return listing
 
@@ -278,7 +275,9 @@ def _sample_input_clean(sample_input: Any) -> dict[str, Any] | None:
         except ValueError as exc:
             raise _invalid("sample_input", f"This is not valid JSON: {exc}.") from exc
     if not isinstance(sample_input, dict) or not all(isinstance(k, str) and k for k in sample_input):
-        raise _invalid("sample_input", 'Give a JSON object mapping input names to nested lists, e.g. {"x": [[1.0, 2.0]]}.')
+        raise _invalid(
+            "sample_input", 'Give a JSON object mapping input names to nested lists, e.g. {"x": [[1.0, 2.0]]}.'
+        )
     if len(json.dumps(sample_input)) > SAMPLE_INPUT_MAX_CHARS:
         raise _invalid("sample_input", "The sample input is too large; keep it under 1 MB of JSON.")
     return sample_input
@@ -321,7 +320,8 @@ def version_create(
     if artifact_size > max_bytes:
         exact = f" ({max_bytes} bytes)" if max_bytes >= 1024 else ""
         raise _invalid(
-            "artifact_size", f"The artifact is {size_human(artifact_size)}; the limit is {size_human(max_bytes)}{exact}."
+            "artifact_size",
+            f"The artifact is {size_human(artifact_size)}; the limit is {size_human(max_bytes)}{exact}.",
         )
     sha256 = (artifact_sha256 or "").strip().lower()
     if not SHA256_RE.match(sha256):
@@ -372,7 +372,9 @@ def _parts_clean(parts: Any) -> list[dict[str, Any]]:
             raise _invalid("parts", "Each part is an object with part_number and etag.")
         number, etag = part.get("part_number"), part.get("etag") or part.get("ETag")
         if not isinstance(number, int) or not 1 <= number <= 10000 or not isinstance(etag, str) or not etag:
-            raise _invalid("parts", "Each part needs a part_number from 1 to 10000 and the ETag storage returned for it.")
+            raise _invalid(
+                "parts", "Each part needs a part_number from 1 to 10000 and the ETag storage returned for it."
+            )
         cleaned[number] = etag
     return [{"part_number": n, "etag": cleaned[n]} for n in sorted(cleaned)]
 
@@ -380,15 +382,22 @@ def _parts_clean(parts: Any) -> list[dict[str, Any]]:
 def _version_mark_invalid(*, version: Version, reason: str, actor: Any = None, data: dict | None = None) -> None:
     version_move(version=version, to=VersionStatus.INVALID)
     version.status_reason = reason
-    version.save(update_fields=["status", "status_reason", "validation_report", "validated_at", "upload_completed_at",
-                                "signature", "updated_at"])
+    version.save(
+        update_fields=[
+            "status",
+            "status_reason",
+            "validation_report",
+            "validated_at",
+            "upload_completed_at",
+            "signature",
+            "updated_at",
+        ]
+    )
     audit_log_write(action=AuditAction.VERSION_INVALID, actor=actor, version=version, reason=reason, data=data or {})
 
 
 @transaction.atomic
-def version_upload_complete(
-    *, version: Version, user: User, parts: list[dict[str, Any]] | None = None
-) -> Version:
+def version_upload_complete(*, version: Version, user: User, parts: list[dict[str, Any]] | None = None) -> Version:
     """The client says its upload finished: check the object and hand the version to the validation worker."""
     _require_manager(user=user, organization=version.listing.organization)
     version = Version.objects.select_for_update().select_related("listing").get(pk=version.pk)
@@ -464,8 +473,9 @@ def version_validation_finish(*, version_id: int, report: dict[str, Any]) -> Ver
         version.signature = report.get("signature")
         version_move(version=version, to=VersionStatus.READY)
         version.status_reason = ""
-        version.save(update_fields=["status", "status_reason", "signature", "validation_report", "validated_at",
-                                    "updated_at"])
+        version.save(
+            update_fields=["status", "status_reason", "signature", "validation_report", "validated_at", "updated_at"]
+        )
         audit_log_write(
             action=AuditAction.VERSION_VALIDATED,
             version=version,
@@ -474,9 +484,11 @@ def version_validation_finish(*, version_id: int, report: dict[str, Any]) -> Ver
     else:
         reason = report.get("reason") or "The artifact failed validation."
         version.signature = report.get("signature")
-        _version_mark_invalid(version=version, reason=reason, data={"failed_steps": [
-            s.get("key") for s in report.get("steps") or [] if s.get("status") == "failed"
-        ]})
+        _version_mark_invalid(
+            version=version,
+            reason=reason,
+            data={"failed_steps": [s.get("key") for s in report.get("steps") or [] if s.get("status") == "failed"]},
+        )
     return version
 
 
@@ -618,7 +630,9 @@ def version_deprecate(*, version: Version, user: User) -> Version:
 @transaction.atomic
 def version_withdraw(*, version: Version, actor: User, reason: str = "") -> Version:
     """Take a version out for good, by its publisher or by staff; the stable channel moves to the next one."""
-    if not (getattr(actor, "is_staff", False) or user_can_manage(user=actor, organization=version.listing.organization)):
+    if not (
+        getattr(actor, "is_staff", False) or user_can_manage(user=actor, organization=version.listing.organization)
+    ):
         raise Forbidden("Only owners and admins of the organization, or staff, may withdraw a version.")
     version = Version.objects.select_for_update().select_related("listing").get(pk=version.pk)
     was_uploading = version.status == VersionStatus.UPLOADING
@@ -633,7 +647,7 @@ def version_withdraw(*, version: Version, actor: User, reason: str = "") -> Vers
         def _abort() -> None:
             try:
                 storage.multipart_abort(key=key, upload_id=upload_id)
-            except (storage.StorageError, storage.StorageUnavailable):  # leftover parts are cleaned by the bucket's lifecycle rule
+            except storage.StorageError:  # leftover parts are cleaned by the bucket's lifecycle rule
                 logger.warning("Could not abort multipart upload %s for %s", upload_id, key)
 
         transaction.on_commit(_abort)

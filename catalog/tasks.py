@@ -7,12 +7,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
 from catalog import services
-try:  # TEMPORARY until marketplace/integrations/s3.py lands
-    from marketplace.integrations.s3 import StorageUnavailable
-except ImportError:  # pragma: no cover
-
-    class StorageUnavailable(Exception):  # type: ignore[no-redef]
-        pass
+from marketplace.integrations.s3 import StorageUnavailable
 
 # The sandbox has its own timeout; these limits only catch a worker stuck around it (download included).
 _SOFT_LIMIT_S = settings.VALIDATION_TIMEOUT_S * 2 + 300

@@ -26,7 +26,11 @@ TAG = "moderation"
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+    # The error body has a key named "fields"; DRF's metaclass moves declared fields off the class, so the
+    # name does not clash with Serializer.fields at runtime.
+    fields = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField()), required=False
+    )
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -45,7 +49,7 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
 
 def _paginated(*, request: Request, view: APIView, queryset: Any, serializer_class: type) -> Response:
     paginator = LimitOffsetPagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
+    page: list[Any] | None = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
@@ -89,7 +93,7 @@ class VersionOutputSerializer(serializers.Serializer):
 
 class ReportOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    listing = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    listing = serializers.CharField(source="listing.slug")
     reason = serializers.CharField()
     details = serializers.CharField()
     status = serializers.CharField()
@@ -114,11 +118,11 @@ class AuditEntryOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     action = serializers.CharField()
     actor = serializers.SerializerMethodField()
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
-    listing = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    organization = serializers.CharField(source="organization.slug", allow_null=True)
+    listing = serializers.CharField(source="listing.slug", allow_null=True)
     version = serializers.SerializerMethodField()
     reason = serializers.CharField()
-    data = serializers.JSONField()
+    data = serializers.JSONField()  # type: ignore[assignment]  # moved off the class like "fields" above
 
     def get_actor(self, obj: Any) -> str | None:
         return obj.actor.email if obj.actor_id else None
@@ -150,6 +154,9 @@ class VersionApproveApi(APIView):
     class InputSerializer(serializers.Serializer):
         note = serializers.CharField(required=False, allow_blank=True, max_length=services.REASON_MAX_LENGTH)
 
+        class Meta:
+            ref_name = "ModerationVersionApproveInput"
+
     @extend_schema(
         tags=[TAG],
         summary="Approve a version in review; it is published at once",
@@ -170,6 +177,9 @@ class VersionRejectApi(APIView):
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=services.REASON_MAX_LENGTH)
 
+        class Meta:
+            ref_name = "ModerationVersionRejectInput"
+
     @extend_schema(
         tags=[TAG],
         summary="Reject a version in review, with the reason the publisher reads",
@@ -189,6 +199,9 @@ class VersionTakeDownApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=services.REASON_MAX_LENGTH)
+
+        class Meta:
+            ref_name = "ModerationVersionWithdrawInput"
 
     @extend_schema(
         tags=[TAG],
@@ -213,6 +226,9 @@ class ListingSuspendApi(APIView):
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=services.REASON_MAX_LENGTH)
 
+        class Meta:
+            ref_name = "ModerationListingSuspendInput"
+
     @extend_schema(
         tags=[TAG],
         summary="Suspend a listing: hidden from the catalog until reinstated",
@@ -233,6 +249,9 @@ class ListingReinstateApi(APIView):
     class InputSerializer(serializers.Serializer):
         note = serializers.CharField(required=False, allow_blank=True, max_length=services.REASON_MAX_LENGTH)
 
+        class Meta:
+            ref_name = "ModerationListingReinstateInput"
+
     @extend_schema(
         tags=[TAG],
         summary="Reinstate a suspended listing (published again if it has a published version, else draft)",
@@ -252,6 +271,9 @@ class ListingFeatureApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         featured = serializers.BooleanField()
+
+        class Meta:
+            ref_name = "ModerationListingFeatureInput"
 
     @extend_schema(
         tags=[TAG],
@@ -277,6 +299,9 @@ class ListingReportCreateApi(APIView):
         reason = serializers.ChoiceField(choices=ReportReason.choices)
         details = serializers.CharField(required=False, allow_blank=True, max_length=services.REPORT_DETAILS_MAX_LENGTH)
 
+        class Meta:
+            ref_name = "ListingReportCreateInput"
+
     @extend_schema(
         tags=[TAG],
         summary="Report a listing to the moderators (one open report per user and listing)",
@@ -296,6 +321,9 @@ class ReportListApi(APIView):
 
     class FilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=[*ReportStatus.values, "all"], required=False, default="open")
+
+        class Meta:
+            ref_name = "ModerationReportFilter"
 
     @extend_schema(
         tags=[TAG],
@@ -321,6 +349,9 @@ class ReportResolveApi(APIView):
         note = serializers.CharField(required=False, allow_blank=True, max_length=services.REASON_MAX_LENGTH)
         suspend_listing = serializers.BooleanField(required=False, default=False)
 
+        class Meta:
+            ref_name = "ModerationReportResolveInput"
+
     @extend_schema(
         tags=[TAG],
         summary="Resolve or dismiss an open report, optionally suspending the listing (the note is the reason)",
@@ -345,6 +376,9 @@ class AuditLogApi(APIView):
         action = serializers.ChoiceField(choices=AuditAction.choices, required=False)
         listing = serializers.CharField(required=False, help_text="Listing slug")
         actor = serializers.CharField(required=False, help_text="Actor email (contains)")
+
+        class Meta:
+            ref_name = "ModerationAuditFilter"
 
     @extend_schema(
         tags=[TAG],

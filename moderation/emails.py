@@ -73,13 +73,17 @@ def version_approved_send(*, version_id: int) -> int:
     if version is None:
         return 0
     listing = version.listing
+    # On a suspended listing the version is published but stays hidden until the listing is reinstated.
+    live = listing.is_public
+    subject = f"Your version {version.version} of {listing.name} is " + ("live" if live else "approved")
     return _send(
         template="emails/version_approved.txt",
-        subject=f"Your version {version.version} of {listing.name} is live",
+        subject=subject,
         organization_id=listing.organization_id,
         context={
             "version": version,
             "listing": listing,
+            "live": live,
             "listing_url": absolute_url(listing_page_url(listing=listing)),
         },
     )

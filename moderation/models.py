@@ -50,13 +50,31 @@ class AuditLogEntry(models.Model):
     """
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # References without database constraints: an audit row outlives what it points at, and deleting a user
+    # or a listing must not try to rewrite history (the append-only trigger would refuse it anyway).
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
     action = models.CharField(max_length=40, choices=AuditAction.choices, db_index=True)
     organization = models.ForeignKey(
-        "accounts.Organization", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "accounts.Organization",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
     )
-    listing = models.ForeignKey("catalog.Listing", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
-    version = models.ForeignKey("catalog.Version", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    listing = models.ForeignKey(
+        "catalog.Listing", on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
+    version = models.ForeignKey(
+        "catalog.Version", on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
     reason = models.TextField(blank=True)
     data = models.JSONField(default=dict, blank=True)
 

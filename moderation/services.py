@@ -2,6 +2,8 @@
 
 Every function here is one transaction that writes its own audit row; notification emails go out
 only once that transaction has committed, so a rolled-back decision never tells anyone anything.
+The email callbacks are ``robust``: a mail server outage is logged and does not turn a committed
+decision into an error page.
 """
 
 from __future__ import annotations
@@ -49,11 +51,20 @@ def _optional_text(value: str | None, *, field: str, max_length: int = REASON_MA
 
 def _version_locked(version: Version) -> Version:
     # Lock the row so two moderators clicking at once cannot both move the same version.
-    return Version.objects.select_for_update().select_related("listing", "listing__organization").get(pk=version.pk)
+    return (
+        Version.objects.select_for_update(of=("self",))
+        .select_related("listing", "listing__organization")
+        .get(pk=version.pk)
+    )
 
 
 def _listing_locked(listing: Listing) -> Listing:
-    return Listing.objects.select_for_update().select_related("organization", "current_version").get(pk=listing.pk)
+    # Lock only the listing row (not the organization or the version joined for reading).
+    return (
+        Listing.objects.select_for_update(of=("self",))
+        .select_related("organization", "current_version")
+        .get(pk=listing.pk)
+    )
 
 
 # --- versions -------------------------------------------------------------------------------------
@@ -81,7 +92,7 @@ def version_approve(*, version: Version, actor: Any, note: str = "") -> Version:
     version = version_publish(version=version, actor=actor)
 
     version_id = version.pk
-    transaction.on_commit(lambda: emails.version_approved_send(version_id=version_id))
+    transaction.on_commit(lambda: emails.version_approved_send(version_id=version_id), robust=True)
     return version
 
 
@@ -99,7 +110,7 @@ def version_reject(*, version: Version, actor: Any, reason: str) -> Version:
     audit_log_write(action=AuditAction.VERSION_REJECTED, actor=actor, version=version, reason=reason)
 
     version_id = version.pk
-    transaction.on_commit(lambda: emails.version_rejected_send(version_id=version_id))
+    transaction.on_commit(lambda: emails.version_rejected_send(version_id=version_id), robust=True)
     return version
 
 
@@ -117,7 +128,7 @@ def version_take_down(*, version: Version, actor: Any, reason: str) -> Version:
     version = version_withdraw(version=version, actor=actor, reason=reason)
 
     version_id = version.pk
-    transaction.on_commit(lambda: emails.version_taken_down_send(version_id=version_id))
+    transaction.on_commit(lambda: emails.version_taken_down_send(version_id=version_id), robust=True)
     return version
 
 
@@ -152,7 +163,7 @@ def listing_suspend(*, listing: Listing, actor: Any, reason: str) -> Listing:
     )
 
     listing_id = listing.pk
-    transaction.on_commit(lambda: emails.listing_suspended_send(listing_id=listing_id))
+    transaction.on_commit(lambda: emails.listing_suspended_send(listing_id=listing_id), robust=True)
     return listing
 
 
@@ -179,7 +190,7 @@ def listing_reinstate(*, listing: Listing, actor: Any, note: str = "") -> Listin
     )
 
     listing_id = listing.pk
-    transaction.on_commit(lambda: emails.listing_reinstated_send(listing_id=listing_id))
+    transaction.on_commit(lambda: emails.listing_reinstated_send(listing_id=listing_id), robust=True)
     return listing
 
 
@@ -268,7 +279,7 @@ def report_resolve(
     else:
         note = _optional_text(note, field="note")
 
-    report = Report.objects.select_for_update().select_related("listing").get(pk=report.pk)
+    report = Report.objects.select_for_update(of=("self",)).select_related("listing").get(pk=report.pk)
     if report.status != ReportStatus.OPEN:
         raise Conflict(f"This report is already {report.get_status_display().lower()}.", code="invalid_state")
     report.status = ReportStatus.RESOLVED if action == "resolve" else ReportStatus.DISMISSED

@@ -114,7 +114,8 @@ def _form_errors(form: forms.Form) -> str:
     parts = []
     for field, errors in form.errors.items():
         label = (form.fields[field].label or field.replace("_", " ").capitalize()) if field in form.fields else ""
-        parts.append(f"{label}: {' '.join(errors)}" if label else " ".join(errors))
+        text = " ".join(str(error) for error in errors)
+        parts.append(f"{label}: {text}" if label else text)
     return " ".join(parts)
 
 

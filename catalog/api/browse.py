@@ -168,8 +168,16 @@ def _current_version_data(listing: Listing) -> dict[str, Any] | None:
 
 
 class ListingPagination(LimitOffsetPagination):
+    """Takes the total from the facet query instead of running its own COUNT(*)."""
+
     default_limit = 20
     max_limit = 100
+
+    def __init__(self, *, total: int) -> None:
+        self.total = total
+
+    def get_count(self, queryset: Any) -> int:
+        return self.total
 
 
 @extend_schema(tags=["catalog"])
@@ -204,12 +212,12 @@ class ListingListApi(APIView):
             "license": data["license"],
             "tag": data["tag"] or None,
         }
-        paginator = ListingPagination()
+        facets, total = selectors.listing_facets_and_count(**filters)
+        paginator = ListingPagination(total=total)
         page = paginator.paginate_queryset(
             selectors.listing_search(**filters, sort=data["sort"]), request, view=self
         )
         results = ListingSummarySerializer(page, many=True, context={"request": request}).data
-        facets = selectors.listing_facets(**filters)
         return Response(
             {
                 "count": paginator.count,

@@ -143,7 +143,9 @@ class UploadInstructionsSerializer(serializers.Serializer):
         child=serializers.CharField(), required=False, help_text="mode=post: form fields to send before the file."
     )
     upload_id = serializers.CharField(required=False, help_text="mode=multipart: the S3 upload id.")
-    part_size = serializers.IntegerField(required=False, help_text="mode=multipart: bytes per part (the last is smaller).")
+    part_size = serializers.IntegerField(
+        required=False, help_text="mode=multipart: bytes per part (the last is smaller)."
+    )
     parts = UploadPartSerializer(many=True, required=False, help_text="mode=multipart: a presigned PUT URL per part.")
 
 
@@ -249,7 +251,9 @@ class PublisherListingDetailApi(APIView):
         class Meta:
             ref_name = "PublisherListingUpdateInput"
 
-    @extend_schema(tags=TAGS, operation_id="publisher_listings_retrieve", responses={200: PublisherListingDetailOutputSerializer})
+    @extend_schema(
+        tags=TAGS, operation_id="publisher_listings_retrieve", responses={200: PublisherListingDetailOutputSerializer}
+    )
     def get(self, request: Request, slug: str) -> Response:
         listing = listing_get_for_member(user=request.user, slug=slug)
         return Response(PublisherListingDetailOutputSerializer(listing).data)

@@ -9,6 +9,7 @@ from django.http import QueryDict
 from django.utils.safestring import SafeString
 
 from catalog.markdown import markdown_render
+from catalog.models import Domain, LicenseTemplate, Task
 
 register = template.Library()
 
@@ -95,3 +96,16 @@ def query_without(context: dict[str, Any], key: str, value: str | None = None) -
         params.setlist(key, [v for v in params.getlist(key) if v != value])
     encoded = params.urlencode()
     return f"?{encoded}" if encoded else "?"
+
+
+_LABELS: dict[str, dict[str, str]] = {
+    "domain": dict(Domain.choices),
+    "task": dict(Task.choices),
+    "license": dict(LicenseTemplate.choices),
+}
+
+
+@register.filter
+def facet_label(value: str, facet: str) -> str:
+    """``"healthcare"|facet_label:"domain"`` → ``Healthcare``; a plain dict lookup (cards render many)."""
+    return _LABELS.get(facet, {}).get(value, value)

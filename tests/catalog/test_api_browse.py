@@ -130,7 +130,7 @@ def test_api_uses_a_constant_number_of_queries(client, django_assert_max_num_que
 
     seed(0, 3)
     few_list, few_detail = count("/api/v1/listings?q=model"), count("/api/v1/listings/l0")
-    assert few_list <= 5 and few_detail <= 3
+    assert few_list <= 2 and few_detail <= 3
     seed(3, 27)
     with django_assert_max_num_queries(few_list):
         client.get("/api/v1/listings?q=model")

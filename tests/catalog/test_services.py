@@ -195,7 +195,9 @@ def test_version_create_is_for_managers_only(publisher, make_user):
     user, org = publisher
     listing = _listing(org, user)
     with pytest.raises(Forbidden):
-        services.version_create(listing=listing, user=make_user(), version="1.0.0", artifact_size=10, artifact_sha256=SHA)
+        services.version_create(
+            listing=listing, user=make_user(), version="1.0.0", artifact_size=10, artifact_sha256=SHA
+        )
 
 
 def test_version_create_presigned_post_for_small_files(publisher, s3):
@@ -242,7 +244,9 @@ def test_version_create_multipart_above_the_threshold(publisher, s3, settings):
 def test_upload_complete_before_the_file_arrived_is_a_409_and_changes_nothing(publisher, s3):
     user, org = publisher
     listing = _listing(org, user)
-    version, _ = services.version_create(listing=listing, user=user, version="1.0.0", artifact_size=10, artifact_sha256=SHA)
+    version, _ = services.version_create(
+        listing=listing, user=user, version="1.0.0", artifact_size=10, artifact_sha256=SHA
+    )
 
     with pytest.raises(Conflict) as exc:
         services.version_upload_complete(version=version, user=user)
@@ -282,7 +286,11 @@ def test_upload_complete_moves_to_validating_once_and_enqueues_on_commit(
     listing = _listing(org, user)
     data = b"0123456789"
     version, _ = services.version_create(
-        listing=listing, user=user, version="1.0.0", artifact_size=len(data), artifact_sha256=hashlib.sha256(data).hexdigest()
+        listing=listing,
+        user=user,
+        version="1.0.0",
+        artifact_size=len(data),
+        artifact_sha256=hashlib.sha256(data).hexdigest(),
     )
     (tmp_path / "m").write_bytes(data)
     storage.object_upload(key=version.artifact_key, source=tmp_path / "m")
@@ -301,7 +309,9 @@ def test_upload_complete_moves_to_validating_once_and_enqueues_on_commit(
 def test_upload_complete_after_withdrawal_is_a_conflict(publisher, s3):
     user, org = publisher
     listing = _listing(org, user)
-    version, _ = services.version_create(listing=listing, user=user, version="1.0.0", artifact_size=10, artifact_sha256=SHA)
+    version, _ = services.version_create(
+        listing=listing, user=user, version="1.0.0", artifact_size=10, artifact_sha256=SHA
+    )
     services.version_withdraw(version=version, actor=user, reason="Wrong file")
     with pytest.raises(Conflict) as exc:
         services.version_upload_complete(version=version, user=user)

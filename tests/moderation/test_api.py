@@ -37,6 +37,7 @@ STAFF_ENDPOINTS = [
     ("get", "api-moderation-audit", {}),
     ("post", "api-version-approve", {"version_id": 1}),
     ("post", "api-version-reject", {"version_id": 1}),
+    ("post", "api-version-withdraw", {"version_id": 1}),
     ("post", "api-listing-suspend", {"slug": "contract-clauses"}),
     ("post", "api-listing-reinstate", {"slug": "contract-clauses"}),
     ("post", "api-listing-feature", {"slug": "contract-clauses"}),
@@ -214,3 +215,13 @@ def test_openapi_schema_documents_the_moderation_api(staff_api):
         assert path in paths, path
     reject = paths["/api/v1/moderation/versions/{version_id}/reject"]["post"]
     assert {"200", "400", "403", "404", "409"} <= set(reject["responses"])
+
+
+def test_withdraw_a_published_version(staff_api, published_listing):
+    url = reverse("api-version-withdraw", kwargs={"version_id": published_listing.current_version_id})
+    response = staff_api.post(url, {"reason": ""}, format="json")
+    assert response.status_code == 400 and "reason" in error_of(response)["fields"]
+    response = staff_api.post(url, {"reason": "Hostile file"}, format="json")
+    assert response.status_code == 200
+    assert response.json()["status"] == "withdrawn" and response.json()["listing"]["status"] == "draft"
+    assert staff_api.post(url, {"reason": "Again"}, format="json").status_code == 409

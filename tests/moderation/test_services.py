@@ -430,3 +430,21 @@ def test_take_down_withdraws_a_published_version_and_tells_the_publisher(
     assert "withdrawn" in mail.outbox[0].subject and "Hostile payload" in mail.outbox[0].body
     with pytest.raises(Conflict):
         services.version_take_down(version=version, actor=staff_user, reason="Again")
+
+
+# --- after a real commit ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_emails_go_out_after_a_real_commit_and_not_after_a_rollback(make_version_in_review, staff_user):
+    version = make_version_in_review()
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            services.version_reject(version=version, actor=staff_user, reason="Bad card")
+            raise RuntimeError("something later in the request failed")
+    version.refresh_from_db()
+    assert version.status == VersionStatus.IN_REVIEW and mail.outbox == []
+    assert not AuditLogEntry.objects.exists()
+
+    services.version_approve(version=version, actor=staff_user)  # its own transaction, committed
+    assert [m.subject for m in mail.outbox] == ["Your version 1.0.0 of Sepsis Risk is live"] * 2

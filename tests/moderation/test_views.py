@@ -336,3 +336,19 @@ def test_admin_suspend_action_asks_for_a_reason_and_audits(client, staff_user, p
     listing = Listing.objects.get(pk=published_listing.pk)
     assert listing.status == ListingStatus.PUBLISHED and listing.is_featured
     assert AuditLogEntry.objects.filter(action=AuditAction.LISTING_FEATURED).count() == 1
+
+
+def test_take_down_from_the_version_page(staff_client, published_listing, django_capture_on_commit_callbacks):
+    version = published_listing.current_version
+    detail = reverse("moderation:version-detail", args=[version.pk])
+    assert "Withdraw this version" in text(staff_client.get(detail))
+    url = reverse("moderation:version-take-down", args=[version.pk])
+    staff_client.post(url, {"reason": ""})
+    version.refresh_from_db()
+    assert version.status == VersionStatus.PUBLISHED
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client.post(url, {"reason": "Malicious operator"}, follow=True)
+    version.refresh_from_db()
+    assert version.status == VersionStatus.WITHDRAWN
+    assert "Withdraw this version" not in text(response)
+    assert "Malicious operator" in mail.outbox[0].body
