@@ -160,13 +160,14 @@ def ensure_database(url: str) -> None:
     config = environ.Env.db_url_config(url)
     if config["ENGINE"] != "django.db.backends.postgresql":
         sys.exit(f"bench/catalog.py needs PostgreSQL; DATABASE_URL is {url!r}")
-    params = {
-        "host": config.get("HOST") or "127.0.0.1",
-        "port": config.get("PORT") or 5432,
-        "user": config.get("USER") or "postgres",
-        "password": config.get("PASSWORD") or None,
-    }
-    with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+    with psycopg.connect(
+        dbname="postgres",
+        host=config.get("HOST") or "127.0.0.1",
+        port=int(config.get("PORT") or 5432),
+        user=config.get("USER") or "postgres",
+        password=config.get("PASSWORD") or None,
+        autocommit=True,
+    ) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]]).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(config["NAME"])))
@@ -195,8 +196,11 @@ def seed(*, listings: int, reseed: bool, rng: random.Random) -> None:
         Organization.objects.filter(slug__startswith=BENCH_ORG_PREFIX).delete()
 
         orgs = Organization.objects.bulk_create(
-            Organization(name=f"{rng.choice(['Acme', 'Nordic', 'Helix', 'Quant', 'Vertex', 'Lumen'])} Labs {i}",
-                         slug=f"{BENCH_ORG_PREFIX}{i}", description="A benchmark publisher.")  # fmt: skip
+            Organization(
+                name=f"{rng.choice(['Acme', 'Nordic', 'Helix', 'Quant', 'Vertex', 'Lumen'])} Labs {i}",
+                slug=f"{BENCH_ORG_PREFIX}{i}",
+                description="A benchmark publisher.",
+            )  # fmt: skip
             for i in range(max(20, listings // 50))
         )
         for name in TAGS:
@@ -215,10 +219,18 @@ def seed(*, listings: int, reseed: bool, rng: random.Random) -> None:
             published = now - timedelta(minutes=rng.randint(0, 2 * 365 * 24 * 60))
             rows.append(
                 Listing(
-                    organization=rng.choice(orgs), name=name, slug=f"bench-{i}", summary=summary, model_card=card,
-                    domain=domain, task=task, license=rng.choice(licenses), status=status,
+                    organization=rng.choice(orgs),
+                    name=name,
+                    slug=f"bench-{i}",
+                    summary=summary,
+                    model_card=card,
+                    domain=domain,
+                    task=task,
+                    license=rng.choice(licenses),
+                    status=status,
                     license_text="Terms of use for subscribers." if rng.random() < 0.2 else "",
-                    is_featured=rng.random() < 0.01, featured_at=published if rng.random() < 0.01 else None,
+                    is_featured=rng.random() < 0.01,
+                    featured_at=published if rng.random() < 0.01 else None,
                     published_at=published if status == ListingStatus.PUBLISHED else None,
                 )  # fmt: skip
             )
@@ -235,19 +247,27 @@ def seed(*, listings: int, reseed: bool, rng: random.Random) -> None:
         for listing in created:
             count = rng.choice([1, 1, 2, 3])
             for n in range(count):
-                stable = n == count - 1
-                status = (
+                is_last = n == count - 1
+                version_status = (
                     (VersionStatus.PUBLISHED if listing.status == ListingStatus.PUBLISHED else VersionStatus.READY)
-                    if stable
+                    if is_last
                     else VersionStatus.DEPRECATED
                 )
                 versions.append(
                     Version(
-                        listing=listing, version=f"1.{n}.0", major=1, minor=n, patch=0,
-                        changelog=f"Release 1.{n}.0: " + rng.choice(SENTENCES), status=status,
-                        artifact_key=f"bench/{listing.pk}/1.{n}.0/model.onnx", artifact_size=rng.randint(10**4, 10**8),
-                        artifact_sha256=f"{listing.pk:032x}{n:032x}", signature=_signature(rng),
-                        validation_report=_report(rng), published_at=listing.published_at,
+                        listing=listing,
+                        version=f"1.{n}.0",
+                        major=1,
+                        minor=n,
+                        patch=0,
+                        changelog=f"Release 1.{n}.0: " + rng.choice(SENTENCES),
+                        status=version_status,
+                        artifact_key=f"bench/{listing.pk}/1.{n}.0/model.onnx",
+                        artifact_size=rng.randint(10**4, 10**8),
+                        artifact_sha256=f"{listing.pk:032x}{n:032x}",
+                        signature=_signature(rng),
+                        validation_report=_report(rng),
+                        published_at=listing.published_at,
                     )  # fmt: skip
                 )
         Version.objects.bulk_create(versions, batch_size=2000)
@@ -268,7 +288,7 @@ def seed(*, listings: int, reseed: bool, rng: random.Random) -> None:
 
 
 def search_urls(rng: random.Random) -> list[str]:
-    queries = [
+    queries: list[dict[str, str | list[str]]] = [
         {}, {"q": "diabetes"}, {"q": "diab"}, {"q": "contract clause"}, {"q": "card fraud detector"},
         {"q": "retinopathy screening"}, {"q": "sepsis icu"}, {"q": "invoice"}, {"q": "anomaly"},
         {"q": "defect", "domain": "vision"}, {"q": "embedder"}, {"q": "risk", "domain": "healthcare"},

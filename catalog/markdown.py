@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import markdown as md
@@ -28,16 +29,23 @@ ALLOWED_URL_SCHEMES = {"http", "https", "mailto"}
 LINK_REL = "nofollow noopener"
 
 
-def markdown_render(text: str | None) -> SafeString:
-    """Markdown → HTML that is safe to put in a page: no raw HTML, scripts, handlers or script URLs survive."""
-    return mark_safe(_render(text or ""))  # noqa: S308 - the HTML was sanitised by nh3 just before
+def markdown_render(text: str | None, *, heading_offset: int = 0) -> SafeString:
+    """Markdown → HTML that is safe to put in a page: no raw HTML, scripts, handlers or script URLs survive.
+
+    ``heading_offset`` demotes headings (``# Title`` becomes ``<h3>`` with an offset of 2) so a card
+    rendered under the page's own ``<h2>`` keeps a sound outline.
+    """
+    return mark_safe(_render(text or "", max(0, heading_offset)))  # noqa: S308 - sanitised by nh3 in _render
+
+
+_HEADING_RE = re.compile(r"<(/?)h([1-6])>")
 
 
 # Keyed by the text itself, so a cached rendering can never be stale; bounds the work on hot listing pages.
 @lru_cache(maxsize=512)
-def _render(text: str) -> str:
+def _render(text: str, heading_offset: int) -> str:
     html = md.markdown(text, extensions=MARKDOWN_EXTENSIONS, output_format="html")
-    return nh3.clean(
+    html = nh3.clean(
         html,
         tags=ALLOWED_TAGS,
         clean_content_tags={"script", "style"},
@@ -46,3 +54,7 @@ def _render(text: str) -> str:
         link_rel=LINK_REL,
         strip_comments=True,
     )
+    if heading_offset:
+        # Safe on sanitised output: headings carry no attributes there.
+        html = _HEADING_RE.sub(lambda m: f"<{m[1]}h{min(6, int(m[2]) + heading_offset)}>", html)
+    return html

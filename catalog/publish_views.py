@@ -24,7 +24,19 @@ from catalog.publish_selectors import (
     version_get_for_manager,
     version_list_for_listing,
 )
+from catalog.templatetags.catalog_tags import ms
 from marketplace.errors import ApplicationError, NotFound
+
+# How the validation report's metrics read on the version page, in this order; unknown keys follow.
+METRIC_LABELS = {
+    "p50_ms_b1": "Latency p50, batch 1",
+    "p95_ms_b1": "Latency p95, batch 1",
+    "p50_ms_b8": "Latency p50, batch 8",
+    "p95_ms_b8": "Latency p95, batch 8",
+    "cold_load_ms": "Cold load",
+    "provider": "Measured on",
+    "batchable": "Batches",
+}
 
 
 def _listing_or_404(request: HttpRequest, slug: str) -> Listing:
@@ -125,7 +137,7 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
             "listing": version.listing,
             "report": report,
             "steps": report.get("steps") or [],
-            "metrics": report.get("metrics") or {},
+            "metric_rows": _metric_rows(report.get("metrics") or {}),
             "model": report.get("model") or {},
             "signature": version.signature or {},
             "is_live": version.status in (VersionStatus.UPLOADING, VersionStatus.VALIDATING),
@@ -135,6 +147,21 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
             "api_url": reverse("api-version-detail", kwargs={"version_id": version.pk}),
         },
     )
+
+
+def _metric_rows(metrics: dict) -> list[dict]:
+    keys = [key for key in METRIC_LABELS if key in metrics] + sorted(set(metrics) - set(METRIC_LABELS))
+    rows = []
+    for key in keys:
+        value = metrics[key]
+        if key.endswith("_ms") or key.startswith(("p50_ms", "p95_ms")):
+            shown = ms(value)
+        elif isinstance(value, bool):
+            shown = "yes" if value else "no"
+        else:
+            shown = "—" if value is None else str(value)
+        rows.append({"label": METRIC_LABELS.get(key, key.replace("_", " ")), "value": shown})
+    return rows
 
 
 def _version_action(request: HttpRequest, version_id: int, action: str) -> HttpResponse:

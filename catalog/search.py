@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.contrib.postgres.aggregates import StringAgg
-from django.contrib.postgres.search import CombinedSearchVector, SearchVector
+from django.contrib.postgres.search import SearchVector
 from django.db import connection
 from django.db.models import OuterRef, Subquery, TextField
+from django.db.models.expressions import CombinedExpression
 
 from catalog.models import Listing
 
 
-def listing_search_vector() -> CombinedSearchVector:
+def listing_search_vector() -> CombinedExpression:
     """The document as an expression over a listing row: name A, tags and summary B, model card C.
 
     Tags are gathered by a correlated subquery, so one UPDATE can rebuild any number of listings;
@@ -23,7 +24,7 @@ def listing_search_vector() -> CombinedSearchVector:
         .order_by()
         .values("listing_id")
         .annotate(names=StringAgg("tag__name", delimiter=" "))
-        .values("names"),
+        .values("names"),  # type: ignore[misc]  # the annotation above
         output_field=TextField(),
     )
     return (

@@ -22,6 +22,7 @@ from django.db.models import (
     Q,
     QuerySet,
     Subquery,
+    TextChoices,
     Value,
     When,
 )
@@ -30,11 +31,11 @@ from django.db.models.functions import Cast, Lower
 from django.http import Http404
 
 from accounts.models import Membership, Organization
-from catalog.models import Domain, LicenseTemplate, Listing, ListingStatus, SERVABLE_STATUSES, Tag, Task, Version
+from catalog.models import SERVABLE_STATUSES, Domain, LicenseTemplate, Listing, ListingStatus, Tag, Task, Version
 
 SortOption = Literal["relevance", "newest", "name"]
 SORT_OPTIONS: tuple[tuple[str, str], ...] = (("relevance", "Best match"), ("newest", "Newest"), ("name", "Name A–Z"))
-FACETS: dict[str, type] = {"domain": Domain, "task": Task, "license": LicenseTemplate}
+FACETS: dict[str, type[TextChoices]] = {"domain": Domain, "task": Task, "license": LicenseTemplate}
 
 SEARCH_CONFIG = "english"
 # Words of a query, for the prefix fallback; anything else (tsquery operators, punctuation) is dropped.
@@ -54,9 +55,11 @@ def _public() -> QuerySet[Listing]:
 
 # A correlated subquery rather than a join: PostgreSQL evaluates it only for the rows that survive
 # ORDER BY ... LIMIT, instead of joining every matching listing to its version before ranking.
-_p50_of_current_version = Version.objects.filter(pk=OuterRef("current_version_id")).order_by().values(
-    p50=Cast(KeyTextTransform("p50_ms_b1", KeyTransform("metrics", "validation_report")), FloatField())
-)[:1]
+_p50_of_current_version = (
+    Version.objects.filter(pk=OuterRef("current_version_id"))
+    .order_by()
+    .values(p50=Cast(KeyTextTransform("p50_ms_b1", KeyTransform("metrics", "validation_report")), FloatField()))[:1]
+)
 
 
 def _for_cards(qs: QuerySet[Listing]) -> QuerySet[Listing]:
@@ -68,8 +71,20 @@ def _for_cards(qs: QuerySet[Listing]) -> QuerySet[Listing]:
     return (
         qs.select_related("organization")
         .only(
-            "id", "name", "slug", "summary", "domain", "task", "license", "status", "is_featured",
-            "published_at", "created_at", "organization__id", "organization__name", "organization__slug",
+            "id",
+            "name",
+            "slug",
+            "summary",
+            "domain",
+            "task",
+            "license",
+            "status",
+            "is_featured",
+            "published_at",
+            "created_at",
+            "organization__id",
+            "organization__name",
+            "organization__slug",
         )  # fmt: skip
         .annotate(p50_ms_b1=Subquery(_p50_of_current_version))
     )
@@ -122,7 +137,7 @@ def _apply_text_search(qs: QuerySet[Listing], query: str, *, rank: bool) -> Quer
     return qs
 
 
-def _clean_values(values: Iterable[str] | None, choices: type) -> list[str]:
+def _clean_values(values: Iterable[str] | None, choices: type[TextChoices]) -> list[str]:
     allowed = set(choices.values)
     return [v for v in (values or []) if v in allowed]
 
@@ -178,7 +193,7 @@ def listing_search(
     if sort == "name":
         return qs.order_by(Lower("name"), "id")
     if sort == "relevance" and has_query:
-        return qs.order_by("-rank", "-published_at", "-id")
+        return qs.order_by("-rank", "-published_at", "-id")  # type: ignore[misc]  # annotated above
     return qs.order_by("-published_at", "-id")
 
 
@@ -254,13 +269,13 @@ def listing_facets(
     return facets
 
 
-def listing_featured(*, limit: int = 6) -> QuerySet[Listing]:
+def listing_featured(limit: int = 6) -> QuerySet[Listing]:
     return _for_cards(_public().filter(is_featured=True)).order_by(
         F("featured_at").desc(nulls_last=True), "-published_at", "-id"
     )[:limit]
 
 
-def listing_newest(*, limit: int = 9) -> QuerySet[Listing]:
+def listing_newest(limit: int = 9) -> QuerySet[Listing]:
     return _for_cards(_public()).order_by("-published_at", "-id")[:limit]
 
 

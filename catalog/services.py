@@ -286,8 +286,12 @@ def _sample_input_clean(sample_input: Any) -> dict[str, Any] | None:
 def version_upload_instructions(*, version: Version) -> dict[str, Any]:
     """Where and how the client sends the bytes: one presigned POST, or presigned multipart part URLs."""
     if version.upload_mode == UploadMode.POST:
+        # Storage accepts exactly the declared size, so a different file fails at upload time.
         post = storage.presigned_post_create(
-            key=version.artifact_key, max_bytes=version.artifact_size, content_type=ARTIFACT_CONTENT_TYPE
+            key=version.artifact_key,
+            min_bytes=version.artifact_size,
+            max_bytes=version.artifact_size,
+            content_type=ARTIFACT_CONTENT_TYPE,
         )
         return {"mode": "post", "url": post["url"], "fields": post["fields"]}
     part_size = settings.UPLOAD_PART_SIZE

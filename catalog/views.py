@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.paginator import Paginator
+from django.db.models import TextChoices
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
@@ -25,8 +26,7 @@ LICENSES: dict[str, dict[str, str]] = {
         "url": "https://www.apache.org/licenses/LICENSE-2.0",
     },
     LicenseTemplate.MIT: {
-        "summary": "Permissive: use, copy, modify and redistribute, including commercially; keep the copyright "
-        "notice.",
+        "summary": "Permissive: use, copy, modify and redistribute, including commercially; keep the copyright notice.",
         "url": "https://opensource.org/license/mit",
     },
     LicenseTemplate.CC_BY_4: {
@@ -45,7 +45,7 @@ LICENSES: dict[str, dict[str, str]] = {
 }
 
 
-def _choice_values(params: QueryDict, key: str, choices: type) -> list[str]:
+def _choice_values(params: QueryDict, key: str, choices: type[TextChoices]) -> list[str]:
     """Repeated (``?domain=a&domain=b``) or comma-separated values; unknown values are dropped."""
     allowed = set(choices.values)
     seen: list[str] = []
@@ -92,9 +92,7 @@ def search(request: HttpRequest) -> HttpResponse:
     paginator = Paginator(selectors.listing_search(**filters), SEARCH_PAGE_SIZE)
     paginator.count = total  # already counted with the facets; saves a COUNT(*) over the matches
     page = paginator.get_page(request.GET.get("page"))
-    suggestions = (
-        list(selectors.listing_suggestions(query=filters["query"])) if paginator.count == 0 else []
-    )
+    suggestions = list(selectors.listing_suggestions(query=filters["query"])) if paginator.count == 0 else []
     active_filters = [
         (name, value, label)
         for name in selectors.FACETS
@@ -121,8 +119,27 @@ def search(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _verified_rows(version: Version | None) -> list[tuple[str, str]]:
-    """The platform's own measurements of the current version, as label/value rows."""
+# Names buyers recognise for the ONNX Runtime execution providers the platform measures on.
+PROVIDERS = {
+    "CPUExecutionProvider": "CPU",
+    "CUDAExecutionProvider": "GPU (CUDA)",
+    "TensorrtExecutionProvider": "GPU (TensorRT)",
+}
+
+
+def _verified_latency(version: Version | None) -> list[tuple[int, str, str]]:
+    """``(batch, p50, p95)`` rows of the platform's latency measurements of the current version."""
+    metrics = version.metrics if version is not None else {}
+    rows = []
+    for batch in (1, 8):
+        p50, p95 = metrics.get(f"p50_ms_b{batch}"), metrics.get(f"p95_ms_b{batch}")
+        if p50 is not None or p95 is not None:
+            rows.append((batch, ms(p50), ms(p95)))
+    return rows
+
+
+def _verified_facts(version: Version | None) -> list[tuple[str, str]]:
+    """The platform's other measurements of the current version, as label/value rows."""
     if version is None:
         return []
     report = version.validation_report or {}
@@ -131,14 +148,10 @@ def _verified_rows(version: Version | None) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if "cold_load_ms" in metrics:
         rows.append(("Cold load", ms(metrics["cold_load_ms"])))
-    for batch in (1, 8):
-        p50, p95 = metrics.get(f"p50_ms_b{batch}"), metrics.get(f"p95_ms_b{batch}")
-        if p50 is not None or p95 is not None:
-            rows.append((f"Latency, batch {batch}", f"p50 {ms(p50)} · p95 {ms(p95)}"))
     if "batchable" in metrics:
-        rows.append(("Batchable", "Yes" if metrics["batchable"] else "No"))
+        rows.append(("Batches", "Yes" if metrics["batchable"] else "No"))
     if metrics.get("provider"):
-        rows.append(("Measured on", str(metrics["provider"])))
+        rows.append(("Measured on", PROVIDERS.get(str(metrics["provider"]), str(metrics["provider"]))))
     if model.get("parameter_bytes") is not None:
         rows.append(("Model size", filesizeformat(model["parameter_bytes"])))
     elif version.artifact_size:
@@ -147,8 +160,8 @@ def _verified_rows(version: Version | None) -> list[tuple[str, str]]:
         rows.append(("Opsets", opsets(model["opsets"])))
     if model.get("ir_version") is not None:
         rows.append(("ONNX IR version", str(model["ir_version"])))
-    if model.get("node_count") is not None:
-        rows.append(("Graph nodes", f"{model['node_count']:,}" if isinstance(model["node_count"], int) else "—"))
+    if isinstance(model.get("node_count"), int):
+        rows.append(("Graph nodes", f"{model['node_count']:,}"))
     if model.get("producer_name"):
         rows.append(("Exported by", str(model["producer_name"])))
     return rows
@@ -176,7 +189,8 @@ def listing_detail(request: HttpRequest, slug: str) -> HttpResponse:
             "tags": list(listing.tags.all()),
             "versions": list(selectors.version_list_for_listing(listing=listing, user=request.user)),
             "signature": _signature(version),
-            "verified": _verified_rows(version),
+            "verified": _verified_facts(version),
+            "latency": _verified_latency(version),
             "license_info": LICENSES.get(listing.license, LICENSES[LicenseTemplate.CUSTOM]),
             "is_member": is_member,
         },

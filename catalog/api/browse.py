@@ -68,7 +68,7 @@ class ListingSummarySerializer(serializers.Serializer):
 
 class FacetValueSerializer(serializers.Serializer):
     value = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field named like Field.label
     count = serializers.IntegerField()
 
 
@@ -190,7 +190,7 @@ class ListingListApi(APIView):
         description="Full-text search (words or their beginnings) over public listings, with facet counts for "
         "domain, task and license. Each facet is counted with the other facets' filters applied.",
         parameters=[
-            OpenApiParameter("q", str, description="Search words; websearch syntax (\"phrase\", -exclude, or)."),
+            OpenApiParameter("q", str, description='Search words; websearch syntax ("phrase", -exclude, or).'),
             OpenApiParameter("domain", str, many=True, enum=Domain.values, explode=True),
             OpenApiParameter("task", str, many=True, enum=Task.values, explode=True),
             OpenApiParameter("license", str, many=True, enum=LicenseTemplate.values, explode=True),
@@ -214,9 +214,7 @@ class ListingListApi(APIView):
         }
         facets, total = selectors.listing_facets_and_count(**filters)
         paginator = ListingPagination(total=total)
-        page = paginator.paginate_queryset(
-            selectors.listing_search(**filters, sort=data["sort"]), request, view=self
-        )
+        page = paginator.paginate_queryset(selectors.listing_search(**filters, sort=data["sort"]), request, view=self)
         results = ListingSummarySerializer(page, many=True, context={"request": request}).data
         return Response(
             {

@@ -15,8 +15,9 @@ register = template.Library()
 
 
 @register.filter(name="markdown")
-def markdown_filter(text: str | None) -> SafeString:
-    return markdown_render(text)
+def markdown_filter(text: str | None, heading_offset: int = 0) -> SafeString:
+    """``{{ listing.model_card|markdown:2 }}``: sanitised HTML, headings demoted by the argument."""
+    return markdown_render(text, heading_offset=int(heading_offset or 0))
 
 
 @register.filter
@@ -53,7 +54,10 @@ def ms(value: Any) -> str:
 
 @register.filter
 def opsets(value: Any) -> str:
-    """Operator sets as ONNX reports them (``{"": 17, "ai.onnx.ml": 3}`` or a list of dicts) → ``ai.onnx 17, ai.onnx.ml 3``."""
+    """Operator sets as ONNX reports them (``{"": 17, "ai.onnx.ml": 3}`` or a list of dicts).
+
+    Renders ``ai.onnx 17, ai.onnx.ml 3``.
+    """
     if isinstance(value, dict):
         items = list(value.items())
     elif isinstance(value, list | tuple):

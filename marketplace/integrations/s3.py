@@ -245,19 +245,22 @@ def bucket_ensure() -> None:
 # --- browser uploads -------------------------------------------------------------------------
 
 
-def presigned_post_create(*, key: str, max_bytes: int, content_type: str = DEFAULT_CONTENT_TYPE) -> PresignedPost:
-    """A form POST a browser sends the file with; storage rejects bodies over ``max_bytes``.
+def presigned_post_create(
+    *, key: str, max_bytes: int, content_type: str = DEFAULT_CONTENT_TYPE, min_bytes: int = 1
+) -> PresignedPost:
+    """A form POST a browser sends the file with; storage rejects bodies outside ``min_bytes..max_bytes``.
 
-    Send ``fields`` as form fields, then the file last as the ``file`` field.
+    Send ``fields`` as form fields, then the file last as the ``file`` field. Pass ``min_bytes=max_bytes``
+    to accept exactly one size (the publisher's declared artifact size).
     """
-    if max_bytes < 1:
-        raise ValueError("max_bytes must be positive")
+    if not 1 <= min_bytes <= max_bytes:
+        raise ValueError("need 1 <= min_bytes <= max_bytes")
     with _translated("presign POST", key):
         post = _presign_client().generate_presigned_post(
             Bucket=_bucket(),
             Key=key,
             Fields={"Content-Type": content_type},
-            Conditions=[{"Content-Type": content_type}, ["content-length-range", 1, max_bytes]],
+            Conditions=[{"Content-Type": content_type}, ["content-length-range", min_bytes, max_bytes]],
             ExpiresIn=settings.S3_PRESIGN_EXPIRY_S,
         )
     return {"url": post["url"], "fields": dict(post["fields"])}

@@ -46,7 +46,9 @@ def browser_page(live_server, publisher, client, monkeypatch):
     with playwright_sync.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         context = browser.new_context()
-        context.add_cookies([{"name": django_settings.SESSION_COOKIE_NAME, "value": session_cookie, "url": live_server.url}])
+        context.add_cookies(
+            [{"name": django_settings.SESSION_COOKIE_NAME, "value": session_cookie, "url": live_server.url}]
+        )
         page = context.new_page()
         page.route("**/static/**", _static_from_finders)
         page.on("console", lambda message: print("browser console:", message.type, message.text))
@@ -74,7 +76,7 @@ def _upload_in_browser(page, live_server, listing, path, number: str) -> Version
     page.fill("#id_version", number)
     page.fill("#id_sample_input", '{"input": [[5.1, 3.5, 1.4, 0.2]]}')
     page.set_input_files("#id_artifact", str(path))
-    page.click("button[type=submit]")
+    page.click("form[data-version-upload] button[type=submit]")
     page.wait_for_function(
         """() => {
             const error = document.querySelector("[data-upload-error]");
@@ -104,7 +106,9 @@ def test_browser_upload_with_presigned_post(browser_page, live_server, publisher
     assert version.status == VersionStatus.IN_REVIEW
 
 
-def test_browser_upload_in_parts_reads_etags(browser_page, live_server, publisher, s3, celery_worker, tmp_path, settings):
+def test_browser_upload_in_parts_reads_etags(
+    browser_page, live_server, publisher, s3, celery_worker, tmp_path, settings
+):
     settings.UPLOAD_MULTIPART_THRESHOLD = 256
     settings.UPLOAD_PART_SIZE = 5 * 1024 * 1024
     listing = _listing(publisher)

@@ -155,7 +155,7 @@ def test_version_page_shows_progress_live_and_the_verdict(client, publisher, lis
     )
     page = client.get(f"/publish/versions/{version.pk}/").content.decode()
     assert "Submit for review" in page and "js/upload.js" not in page
-    assert "<code>input</code>" in page and "[N, 4]" in page and "p50_ms_b1" in page
+    assert "<code>input</code>" in page and "[N, 4]" in page and "Latency p50, batch 1" in page
 
     response = client.post(f"/publish/versions/{version.pk}/submit/")
     assert response.status_code == 302
