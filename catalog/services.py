@@ -52,6 +52,7 @@ MAX_TAGS = 12
 RESERVED_SLUGS = {"new", "search", "api", "admin", "publish", "edit"}
 SAMPLE_INPUT_MAX_CHARS = 1_000_000
 ARTIFACT_CONTENT_TYPE = "application/octet-stream"
+MULTIPART_MAX_PARTS = 10_000
 
 LISTING_EDITABLE_FIELDS = ("name", "summary", "model_card", "domain", "task", "tags", "license", "license_text")
 
@@ -283,6 +284,11 @@ def _sample_input_clean(sample_input: Any) -> dict[str, Any] | None:
     return sample_input
 
 
+def upload_part_size(*, artifact_size: int) -> int:
+    """UPLOAD_PART_SIZE, grown when needed so no upload needs more than S3's 10,000 parts."""
+    return max(settings.UPLOAD_PART_SIZE, math.ceil(artifact_size / MULTIPART_MAX_PARTS))
+
+
 def version_upload_instructions(*, version: Version) -> dict[str, Any]:
     """Where and how the client sends the bytes: one presigned POST, or presigned multipart part URLs."""
     if version.upload_mode == UploadMode.POST:
@@ -294,7 +300,7 @@ def version_upload_instructions(*, version: Version) -> dict[str, Any]:
             content_type=ARTIFACT_CONTENT_TYPE,
         )
         return {"mode": "post", "url": post["url"], "fields": post["fields"]}
-    part_size = settings.UPLOAD_PART_SIZE
+    part_size = upload_part_size(artifact_size=version.artifact_size)
     part_count = max(1, math.ceil(version.artifact_size / part_size))
     parts = storage.multipart_part_urls(key=version.artifact_key, upload_id=version.upload_id, part_count=part_count)
     return {"mode": "multipart", "upload_id": version.upload_id, "part_size": part_size, "parts": parts}

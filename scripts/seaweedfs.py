@@ -24,6 +24,7 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -40,9 +41,14 @@ DEFAULT_SECRET_KEY = "marketplace-secret"
 # gRPC ports are the HTTP port + 10000 (SeaweedFS's convention; its mini worker assumes it for the admin).
 GRPC_OFFSET = 10000
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
 
 
 class SeaweedFSError(RuntimeError):
+    pass
+
+
+class _ExitedEarly(SeaweedFSError):
     pass
 
 
@@ -62,6 +68,8 @@ def weed_binary() -> Path:
 
 
 def _port_free(port: int) -> bool:
+    if not 1024 <= port <= 65535:
+        return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # As Go's listeners do: a port whose last connections linger in TIME_WAIT is free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,13 +99,14 @@ def _ports_pick(count: int, taken: set[int]) -> list[int]:
     raise SeaweedFSError("No free loopback ports for SeaweedFS")
 
 
-def _ports_plan(*, data_dir: Path, s3_port: int | None) -> dict[str, int]:
+def _ports_plan(*, data_dir: Path, s3_port: int | None, reuse: bool = True) -> dict[str, int]:
     """Ports for every component. A data dir reuses the ports it had when they are still free,
     so a restarted server keeps its master's identity (the master's state dir is named by port)."""
     saved_file = data_dir / "ports.json"
     saved: dict[str, int] = {}
-    with contextlib.suppress(OSError, ValueError):
-        saved = {k: int(v) for k, v in json.loads(saved_file.read_text()).items() if k in COMPONENTS}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if reuse:
+            saved = {k: int(v) for k, v in json.loads(saved_file.read_text()).items() if k in COMPONENTS}
     ports: dict[str, int] = {}
     taken: set[int] = set()
     if s3_port is not None:
@@ -205,37 +214,47 @@ class SeaweedFS:
             "admin.ui": "false",
             "webdav": "false",
         }
-        return [str(weed_binary()), "mini", *(f"-{name}={value}" for name, value in args.items())]
+        # -logtostderr: glog would otherwise also write log files into /tmp on every start.
+        return [str(weed_binary()), "-logtostderr", "mini", *(f"-{name}={value}" for name, value in args.items())]
 
     def start(self, *, timeout: float = 30.0) -> str:
+        """Start weed and wait until S3 answers and a volume server is registered; returns the endpoint."""
         if self.process is not None:
             raise SeaweedFSError("SeaweedFS is already started")
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
-        # mini saves its flags to mini.options and prefers them over auto-sizing on the next start;
-        # every flag is passed on the command line, so start from a clean slate.
-        with contextlib.suppress(FileNotFoundError):
-            (self.data_dir / "data" / "mini.options").unlink()
-        self.ports = _ports_plan(data_dir=self.data_dir, s3_port=self.s3_port)
         self._config_write()
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=self.data_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, stopped as a whole
-            preexec_fn=_parent_death_hook(),
-        )
-        try:
-            self._wait_ready(timeout=timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self.endpoint_url
+        # Free ports are picked before weed binds them; another process may win the race. Then try new ones.
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            # mini saves its flags to mini.options and prefers them over auto-sizing on the next start;
+            # every flag is passed on the command line, so start from a clean slate.
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / "data" / "mini.options").unlink()
+            self.ports = _ports_plan(data_dir=self.data_dir, s3_port=self.s3_port, reuse=attempt == 1)
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, stopped as a whole
+                preexec_fn=_parent_death_hook(),
+            )
+            try:
+                self._wait_ready(timeout=timeout)
+                return self.endpoint_url
+            except _ExitedEarly:
+                self.stop()
+                if attempt == attempts:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def _answers(self, url: str) -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+            with _opener.open(url, timeout=1) as response:
                 response.read()
             return True
         except urllib.error.HTTPError:
@@ -245,7 +264,7 @@ class SeaweedFS:
 
     def _volume_registered(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{HOST}:{self.ports['master']}/dir/status", timeout=1) as response:  # noqa: S310
+            with _opener.open(f"http://{HOST}:{self.ports['master']}/dir/status", timeout=1) as response:
                 topology = json.loads(response.read()).get("Topology", {})
         except (OSError, ValueError):
             return False
@@ -256,7 +275,7 @@ class SeaweedFS:
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise SeaweedFSError(f"weed exited with status {self.process.returncode} while starting")
+                raise _ExitedEarly(f"weed exited with status {self.process.returncode} while starting")
             if self._answers(self.endpoint_url + "/") and self._volume_registered():
                 return
             if time.monotonic() > deadline:
@@ -275,6 +294,16 @@ class SeaweedFS:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
+        self._sockets_remove()
+
+    def _sockets_remove(self) -> None:
+        """weed leaves some of its unix sockets (/tmp/seaweedfs-<part>[-grpc]-<port>.sock) behind; ours go."""
+        for name, port in self.ports.items():
+            for stale in (f"seaweedfs-{name}-{port}.sock", f"seaweedfs-{name}-grpc-{port + GRPC_OFFSET}.sock"):
+                path = Path("/tmp") / stale
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(path.lstat().st_mode):
+                        path.unlink()
 
 
 @contextlib.contextmanager

@@ -20,4 +20,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # One schema enum per status machine, whichever serializer exposes it.
+    "ENUM_NAME_OVERRIDES": {
+        "ListingStatusEnum": "catalog.models.ListingStatus",
+        "VersionStatusEnum": "catalog.models.VersionStatus",
+    },
 }

@@ -449,3 +449,46 @@ def test_deprecate_keeps_the_version_servable_but_prefers_published_ones(publish
     assert listing.status == ListingStatus.PUBLISHED and listing.current_version == v2
     with pytest.raises(Conflict):
         services.version_deprecate(version=_version_row(listing, "3.0.0", VersionStatus.READY), user=user)
+
+
+def test_part_size_grows_so_no_upload_needs_more_than_10000_parts(settings):
+    settings.UPLOAD_PART_SIZE = 5 * 1024 * 1024
+    assert services.upload_part_size(artifact_size=100 * 1024 * 1024) == 5 * 1024 * 1024
+    huge = 100 * 1024**3
+    assert services.upload_part_size(artifact_size=huge) * 10_000 >= huge
+
+
+def test_storage_outage_during_validation_leaves_the_version_validating_for_a_retry(publisher, s3, settings):
+    from catalog.tasks import version_validate as version_validate_task
+    from marketplace.integrations.s3 import StorageUnavailable
+    from tests.inference.onnx_factories import onnx_classifier_bytes
+
+    user, org = publisher
+    listing = _listing(org, user)
+    data = onnx_classifier_bytes()
+    version, _ = services.version_create(
+        listing=listing,
+        user=user,
+        version="1.0.0",
+        artifact_size=len(data),
+        artifact_sha256=hashlib.sha256(data).hexdigest(),
+    )
+    s3.put(version.artifact_key, data)
+    version = services.version_upload_complete(version=version, user=user)  # (`db` tests never run on_commit)
+
+    endpoint = settings.S3_ENDPOINT_URL
+    settings.S3_ENDPOINT_URL = "http://127.0.0.1:9"  # nothing listens there
+    with pytest.raises(StorageUnavailable):
+        services.version_validate(version_id=version.pk)
+    version.refresh_from_db()
+    assert version.status == VersionStatus.VALIDATING and version.status_reason == ""
+    # The task retries exactly this error, with backoff.
+    assert version_validate_task.autoretry_for == (StorageUnavailable,)
+    assert version_validate_task.retry_backoff and version_validate_task.max_retries == 5
+
+    settings.S3_ENDPOINT_URL = endpoint  # storage is back: the retry finishes the job
+    services.version_validate(version_id=version.pk)
+    version.refresh_from_db()
+    assert version.status == VersionStatus.READY
+    assert version.signature["inputs"][0]["name"] == "input"
+    assert [s["status"] for s in version.validation_report["steps"]] == ["passed"] * 10
