@@ -105,3 +105,40 @@ class Invitation(models.Model):
 
     def __str__(self) -> str:
         return f"Invitation of {self.email} to {self.organization}"
+
+
+class ApiKeyScope(models.TextChoices):
+    INFERENCE = "inference", "Inference"
+    MANAGEMENT = "management", "Management"
+
+
+class ApiKey(models.Model):
+    """An organization's API key. The secret is shown once and only its SHA-256 is stored.
+
+    Format: ``smk_<public id>_<secret>``. The ``smk_`` prefix lets secret scanners recognise a leaked key;
+    the public id (stored in clear, indexed) finds the row without scanning hashes.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    name = models.CharField(max_length=80)
+    public_id = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    scopes = models.JSONField(default=list, help_text="Subset of: inference, management.")
+    # Empty means every listing the organization subscribes to.
+    listings = models.ManyToManyField("catalog.Listing", blank=True, related_name="+")
+    rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: platform default.")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (smk_{self.public_id}_…)"
+
+    @property
+    def prefix(self) -> str:
+        return f"smk_{self.public_id}"

@@ -152,6 +152,11 @@ class Version(models.Model):
     validation_started_at = models.DateTimeField(null=True, blank=True)
     validated_at = models.DateTimeField(null=True, blank=True)
 
+    # Serving: concurrent requests are micro-batched along the batch dimension up to this size,
+    # waiting at most this long for company (when the signature has a dynamic batch dimension).
+    max_batch_size = models.PositiveIntegerField(default=32)
+    max_queue_delay_ms = models.FloatField(default=2.0)
+
     submitted_at = models.DateTimeField(null=True, blank=True)
     reviewed_at = models.DateTimeField(null=True, blank=True)
     reviewed_by = models.ForeignKey(

@@ -15,3 +15,5 @@ VALIDATION_TIMEOUT_S = 60
 # Serve static files from the source tree (live-server browser tests) without a collectstatic step.
 WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True
+INFERENCE_REDIS_URL = os.environ.get("INFERENCE_REDIS_URL", os.environ["CELERY_BROKER_URL"])
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", os.environ["CELERY_BROKER_URL"])

@@ -1,0 +1,25 @@
+"""Serving: how inference requests are dispatched, limited and metered, and where models are cached."""
+
+from marketplace.env import VAR_DIR, env
+
+# "inline": the web process hosts the models (single machine, the embedded default).
+# "celery": requests go to Celery inference workers on INFERENCE_QUEUE (GPU machines), with a deadline.
+INFERENCE_DISPATCH = env.str("INFERENCE_DISPATCH", default="inline")
+INFERENCE_QUEUE = env.str("INFERENCE_QUEUE", default="inference")
+INFERENCE_DEADLINE_S = env.float("INFERENCE_DEADLINE_S", default=10.0)
+INFERENCE_MAX_BODY_BYTES = env.int("INFERENCE_MAX_BODY_BYTES", default=16 * 1024**2)
+INFERENCE_MAX_ELEMENTS = env.int("INFERENCE_MAX_ELEMENTS", default=2_000_000)
+INFERENCE_DEFAULT_RATE_PER_SECOND = env.int("INFERENCE_DEFAULT_RATE_PER_SECOND", default=100)
+INFERENCE_PREFER_GPU = env.bool("INFERENCE_PREFER_GPU", default=True)
+INFERENCE_INTRA_OP_THREADS = env.int("INFERENCE_INTRA_OP_THREADS", default=0) or None
+# Redis for rate limits, quotas, idempotency and the usage buffer. Empty: a local backend that needs no
+# server (the embedded default; counters in process memory and usage written straight to the database).
+INFERENCE_REDIS_URL = env.str("INFERENCE_REDIS_URL", default="")
+INFERENCE_IDEMPOTENCY_TTL_S = env.int("INFERENCE_IDEMPOTENCY_TTL_S", default=24 * 3600)
+
+# Model hosting: artifacts on local disk keyed by sha256, sessions in memory, both least-recently-used.
+MODEL_CACHE_DIR = env.path("MODEL_CACHE_DIR", default=str(VAR_DIR / "model-cache"))
+MODEL_CACHE_DISK_BYTES = env.int("MODEL_CACHE_DISK_BYTES", default=20 * 1024**3)
+MODEL_MEMORY_BYTES = env.int("MODEL_MEMORY_BYTES", default=8 * 1024**3)
+
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
