@@ -6,7 +6,8 @@ Every function is keyword-only, runs in one transaction and leaves a row in the 
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -20,7 +21,9 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.middleware import SESSION_KEY
-from accounts.models import MANAGER_ROLES, Invitation, Membership, Organization, Role, User
+from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyScope, Invitation, Membership, Organization, Role, User
+from accounts.selectors import api_key_cache_forget, api_key_hash, api_key_parse
+from catalog.models import Listing, ListingStatus
 from marketplace.errors import ApplicationError, Conflict, Forbidden, NotFound
 from moderation.audit import audit_log_write
 from moderation.models import AuditAction
@@ -299,3 +302,233 @@ def invitation_accept(*, token: str, user: User) -> Membership:
         data={"invitation_id": invitation.pk, "role": invitation.role},
     )
     return membership
+
+
+# --- API keys ----------------------------------------------------------------------------------
+
+API_KEY_PUBLIC_ID_LENGTH = 12
+API_KEY_PUBLIC_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+API_KEY_SECRET_BYTES = 32  # token_urlsafe(32) gives 43 characters
+API_KEY_NAME_MAX_LENGTH = ApiKey._meta.get_field("name").max_length or 80
+API_KEY_RATE_LIMIT_MAX = 100_000
+
+
+def _api_key_public_id_new() -> str:
+    while True:
+        public_id = "".join(secrets.choice(API_KEY_PUBLIC_ID_ALPHABET) for _ in range(API_KEY_PUBLIC_ID_LENGTH))
+        if not ApiKey.objects.filter(public_id=public_id).exists():
+            return public_id
+
+
+def _api_key_scopes_clean(scopes: Iterable[str]) -> list[str]:
+    if isinstance(scopes, str):
+        scopes = [scopes]
+    cleaned: list[str] = []
+    for scope in scopes:
+        if scope not in ApiKeyScope.values:
+            raise ApplicationError(
+                f"Unknown scope “{scope}”.",
+                code="invalid",
+                fields={"scopes": [f"Choose from {', '.join(ApiKeyScope.values)}."]},
+            )
+        if scope not in cleaned:
+            cleaned.append(scope)
+    if not cleaned:
+        raise ApplicationError(
+            "A key needs at least one scope.", code="invalid", fields={"scopes": ["Choose at least one scope."]}
+        )
+    # Stored in a fixed order so equal scope sets compare equal.
+    return [s for s in ApiKeyScope.values if s in cleaned]
+
+
+def _api_key_listings_clean(listing_ids: Iterable[int] | None) -> list[Listing]:
+    if not listing_ids:
+        return []
+    try:
+        ids = sorted({int(i) for i in listing_ids})
+    except (TypeError, ValueError):
+        raise ApplicationError(
+            "Listings are given by id.", code="invalid", fields={"listing_ids": ["Give listing ids."]}
+        ) from None
+    # Any public listing: whether the organization may call it is the subscription's business, checked per call.
+    listings = list(Listing.objects.filter(pk__in=ids, status=ListingStatus.PUBLISHED))
+    missing = sorted(set(ids) - {listing.pk for listing in listings})
+    if missing:
+        raise ApplicationError(
+            "Some listings do not exist or are not public.",
+            code="invalid",
+            fields={"listing_ids": [f"No public listing with id {', '.join(map(str, missing))}."]},
+        )
+    return listings
+
+
+def _api_key_fields_check(
+    *, name: str, expires_at: datetime | None, rate_limit_per_second: int | None
+) -> tuple[str, datetime | None, int | None]:
+    name = name.strip()
+    if not name:
+        raise ApplicationError("Give the key a name.", code="invalid", fields={"name": ["Required."]})
+    if len(name) > API_KEY_NAME_MAX_LENGTH:
+        raise ApplicationError(
+            "The name is too long.",
+            code="invalid",
+            fields={"name": [f"At most {API_KEY_NAME_MAX_LENGTH} characters."]},
+        )
+    if expires_at is not None:
+        if timezone.is_naive(expires_at):
+            expires_at = timezone.make_aware(expires_at)
+        if expires_at <= timezone.now():
+            raise ApplicationError(
+                "The expiry must be in the future.", code="invalid", fields={"expires_at": ["Pick a future time."]}
+            )
+    if rate_limit_per_second is not None and not 1 <= rate_limit_per_second <= API_KEY_RATE_LIMIT_MAX:
+        raise ApplicationError(
+            "The rate limit is out of range.",
+            code="invalid",
+            fields={"rate_limit_per_second": [f"Between 1 and {API_KEY_RATE_LIMIT_MAX:,} requests per second."]},
+        )
+    return name, expires_at, rate_limit_per_second
+
+
+def _api_key_insert(
+    *,
+    organization: Organization,
+    user: User,
+    name: str,
+    public_id: str,
+    raw_key: str,
+    scopes: Iterable[str],
+    listing_ids: Iterable[int] | None,
+    expires_at: datetime | None,
+    rate_limit_per_second: int | None,
+) -> ApiKey:
+    manager = _membership_of(user=user, organization=organization)
+    if manager is None:
+        raise NotFound("No such organization.")
+    if manager.role not in MANAGER_ROLES:
+        raise Forbidden("Only owners and admins can create API keys.", code="not_a_manager")
+    name, expires_at, rate_limit_per_second = _api_key_fields_check(
+        name=name, expires_at=expires_at, rate_limit_per_second=rate_limit_per_second
+    )
+    scope_list = _api_key_scopes_clean(scopes)
+    listings = _api_key_listings_clean(listing_ids)
+
+    api_key = ApiKey.objects.create(
+        organization=organization,
+        created_by=user,
+        name=name,
+        public_id=public_id,
+        secret_hash=api_key_hash(raw_key=raw_key),
+        scopes=scope_list,
+        rate_limit_per_second=rate_limit_per_second,
+        expires_at=expires_at,
+    )
+    if listings:
+        api_key.listings.set(listings)
+    audit_log_write(
+        action=AuditAction.API_KEY_CREATED,
+        actor=user,
+        organization=organization,
+        data={
+            "api_key_id": api_key.pk,
+            "prefix": api_key.prefix,
+            "name": name,
+            "scopes": scope_list,
+            "listing_ids": [listing.pk for listing in listings],
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "rate_limit_per_second": rate_limit_per_second,
+        },
+    )
+    return api_key
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    organization: Organization,
+    user: User,
+    name: str,
+    scopes: Iterable[str] = (ApiKeyScope.INFERENCE,),
+    listing_ids: Iterable[int] | None = None,
+    expires_at: datetime | None = None,
+    rate_limit_per_second: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key for ``organization`` (owners and admins). Returns the row and the raw key.
+
+    The raw key ``smk_<public id>_<secret>`` exists only in the return value: show it once. Only its
+    SHA-256 is stored. ``listing_ids`` restricts the key to those listings (empty: every listing the
+    organization subscribes to).
+    """
+    public_id = _api_key_public_id_new()
+    raw_key = f"smk_{public_id}_{secrets.token_urlsafe(API_KEY_SECRET_BYTES)}"
+    api_key = _api_key_insert(
+        organization=organization,
+        user=user,
+        name=name,
+        public_id=public_id,
+        raw_key=raw_key,
+        scopes=scopes,
+        listing_ids=listing_ids,
+        expires_at=expires_at,
+        rate_limit_per_second=rate_limit_per_second,
+    )
+    return api_key, raw_key
+
+
+@transaction.atomic
+def api_key_import(
+    *,
+    organization: Organization,
+    user: User,
+    name: str,
+    raw_key: str,
+    scopes: Iterable[str] = (ApiKeyScope.INFERENCE,),
+) -> ApiKey:
+    """Register a key whose raw value was chosen elsewhere (the demo's documented key). Same rules as create."""
+    parsed = api_key_parse(raw_key=raw_key)
+    if parsed is None:
+        raise ApplicationError(
+            "The key must look like smk_<12 lower-case letters or digits>_<32+ URL-safe characters>.",
+            code="invalid",
+            fields={"raw_key": ["Malformed key."]},
+        )
+    public_id, _secret = parsed
+    if ApiKey.objects.filter(public_id=public_id).exists():
+        raise Conflict("A key with this public id exists.", code="api_key_exists")
+    return _api_key_insert(
+        organization=organization,
+        user=user,
+        name=name,
+        public_id=public_id,
+        raw_key=raw_key,
+        scopes=scopes,
+        listing_ids=None,
+        expires_at=None,
+        rate_limit_per_second=None,
+    )
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey, user: User) -> ApiKey:
+    """Revoke a key (owners and admins). Every process stops accepting it within a second."""
+    manager = _membership_of(user=user, organization=api_key.organization)
+    if manager is None:
+        raise NotFound("No such API key.")
+    if manager.role not in MANAGER_ROLES:
+        raise Forbidden("Only owners and admins can revoke API keys.", code="not_a_manager")
+    api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if api_key.revoked_at is not None:
+        return api_key
+    api_key.revoked_at = timezone.now()
+    api_key.save(update_fields=["revoked_at"])
+    audit_log_write(
+        action=AuditAction.API_KEY_REVOKED,
+        actor=user,
+        organization=api_key.organization,
+        data={"api_key_id": api_key.pk, "prefix": api_key.prefix, "name": api_key.name},
+    )
+    public_id = api_key.public_id
+
+    # This process stops accepting it at once; the others when their one-second cache entry lapses.
+    transaction.on_commit(lambda: api_key_cache_forget(public_id=public_id))
+    return api_key

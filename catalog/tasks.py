@@ -15,7 +15,6 @@ _SOFT_LIMIT_S = settings.VALIDATION_TIMEOUT_S * 2 + 300
 
 @shared_task(
     name="catalog.version_validate",
-    queue=settings.VALIDATION_QUEUE,
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=(StorageUnavailable,),

@@ -33,6 +33,13 @@ class AuditAction(models.TextChoices):
     MEMBER_JOINED = "organization.member_joined", "Member joined"
     MEMBER_ROLE_CHANGED = "organization.member_role_changed", "Member role changed"
     MEMBER_REMOVED = "organization.member_removed", "Member removed"
+    API_KEY_CREATED = "api_key.created", "API key created"
+    API_KEY_REVOKED = "api_key.revoked", "API key revoked"
+    PLAN_CREATED = "plan.created", "Plan created"
+    PLAN_DEACTIVATED = "plan.deactivated", "Plan deactivated"
+    SUBSCRIPTION_CREATED = "subscription.created", "Subscription created"
+    SUBSCRIPTION_CANCELED = "subscription.canceled", "Subscription canceled"
+    SUBSCRIPTION_RENEWED = "subscription.renewed", "Subscription period renewed"
 
 
 class AuditLogQuerySet(models.QuerySet["AuditLogEntry"]):

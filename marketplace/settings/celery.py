@@ -26,3 +26,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Queue that validates uploaded artifacts: CPU heavy, kept apart from quick tasks.
 VALIDATION_QUEUE = env.str("VALIDATION_QUEUE", default="validation")
+# Each task's queue is declared here (Celery's task_routes), next to the queue names.
+CELERY_TASK_ROUTES: dict[str, dict[str, str]] = {
+    "catalog.version_validate": {"queue": VALIDATION_QUEUE},
+}
