@@ -3,7 +3,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db.models import Count
 
 from accounts.forms import UserAdminChangeForm, UserAdminCreationForm
-from accounts.models import Invitation, Membership, Organization, User
+from accounts.models import ApiKey, Invitation, Membership, Organization, User
 
 
 class MembershipInline(admin.TabularInline):
@@ -64,4 +64,43 @@ class InvitationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         # Invitations are created through invitation_create so that the email goes out and the audit row is written.
+        return False
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "prefix",
+        "organization",
+        "scopes",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    )
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "public_id", "organization__name", "organization__slug")
+    list_select_related = ("organization",)
+    # Only the hash is stored, and even that stays out of the admin. Keys are created through
+    # api_key_create (shown once) and revoked through api_key_revoke (audited).
+    fields = (
+        "organization",
+        "name",
+        "public_id",
+        "scopes",
+        "listings",
+        "rate_limit_per_second",
+        "expires_at",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
         return False

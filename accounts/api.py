@@ -18,8 +18,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import selectors, services
-from accounts.models import Organization, Role, User
-from marketplace.errors import NotFound
+from accounts.authentication import ApiKeyAccessMixin
+from accounts.models import ApiKey, ApiKeyScope, Organization, Role, User
+from marketplace.errors import ApplicationError, NotFound
 
 TAGS = ["accounts"]
 
@@ -174,3 +175,123 @@ class OrganizationInvitationCreateApi(APIView):
             role=serializer.validated_data["role"],
         )
         return Response(self.OutputSerializer(invitation).data, status=status.HTTP_201_CREATED)
+
+
+# --- API keys ----------------------------------------------------------------------------------
+
+
+@extend_schema_serializer(component_name="ApiKey")
+class ApiKeyOutput(serializers.Serializer):
+    public_id = serializers.CharField()
+    prefix = serializers.CharField(help_text="smk_<public_id>: the visible part of the key.")
+    name = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKeyScope.choices))
+    listings = serializers.SerializerMethodField(help_text="Slugs the key is restricted to; empty: all subscribed.")
+    rate_limit_per_second = serializers.IntegerField(allow_null=True, help_text="Empty: the platform default.")
+    status = serializers.SerializerMethodField()
+    created_by = serializers.EmailField(source="created_by.email", allow_null=True, default=None)
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+    def get_listings(self, api_key: ApiKey) -> list[str]:
+        return [listing.slug for listing in api_key.listings.all()]
+
+    def get_status(self, api_key: ApiKey) -> str:
+        """active, revoked or expired"""
+        return selectors.api_key_status(api_key=api_key)
+
+
+class ApiKeyListCreateApi(ApiKeyAccessMixin, APIView):
+    """Accepts a management key of the same organization (``Authorization: Bearer smk_…``)."""
+
+    permission_classes = [IsAuthenticated]
+    pagination_class = LimitOffsetPagination
+
+    @extend_schema_serializer(component_name="ApiKeyCreateInput")
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=80)
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=ApiKeyScope.choices),
+            default=lambda: [ApiKeyScope.INFERENCE],
+            help_text="inference (call /v2) and/or management (this API).",
+        )
+        listings = serializers.ListField(
+            child=serializers.SlugField(), default=list, help_text="Restrict the key to these listings (slugs)."
+        )
+        expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+        rate_limit_per_second = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+
+    @extend_schema_serializer(component_name="ApiKeyCreated")
+    class CreatedSerializer(ApiKeyOutput):
+        key = serializers.CharField(help_text="The raw key. Shown only in this response: store it now.")
+
+    @extend_schema(tags=TAGS, summary="An organization's API keys (members)", responses={200: ApiKeyOutput(many=True)})
+    def get(self, request: Request, slug: str) -> Response:
+        organization = _organization_for_member(user=cast(User, request.user), slug=slug)
+        keys = selectors.api_key_list_for_organization(organization=organization)
+        return _paginated(request=request, view=self, queryset=keys, serializer_class=ApiKeyOutput)
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Create an API key (owners and admins)",
+        description="The response is the only time the raw key is shown; only its SHA-256 is stored.",
+        request=InputSerializer,
+        responses={201: CreatedSerializer},
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        organization = _organization_for_member(user=cast(User, request.user), slug=slug)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        listing_ids = _listing_ids_for_slugs(data["listings"])
+        api_key, raw_key = services.api_key_create(
+            organization=organization,
+            user=cast(User, request.user),
+            name=data["name"],
+            scopes=data["scopes"],
+            listing_ids=listing_ids,
+            expires_at=data["expires_at"],
+            rate_limit_per_second=data["rate_limit_per_second"],
+        )
+        api_key.key = raw_key  # type: ignore[attr-defined]
+        response = Response(self.CreatedSerializer(api_key).data, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class ApiKeyRevokeApi(ApiKeyAccessMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Revoke an API key (owners and admins)",
+        description="Every server stops accepting the key within a second.",
+        request=None,
+        responses={200: ApiKeyOutput},
+    )
+    def post(self, request: Request, slug: str, public_id: str) -> Response:
+        user = cast(User, request.user)
+        organization = _organization_for_member(user=user, slug=slug)
+        api_key = selectors.api_key_get_for_member(user=user, organization=organization, public_id=public_id)
+        if api_key is None:
+            raise NotFound("No such API key.")
+        api_key = services.api_key_revoke(api_key=api_key, user=user)
+        return Response(ApiKeyOutput(api_key).data)
+
+
+def _listing_ids_for_slugs(slugs: list[str]) -> list[int]:
+    from catalog.models import Listing, ListingStatus
+
+    if not slugs:
+        return []
+    found = dict(Listing.objects.filter(slug__in=slugs, status=ListingStatus.PUBLISHED).values_list("slug", "id"))
+    missing = [slug for slug in slugs if slug not in found]
+    if missing:
+        raise ApplicationError(
+            "Some listings do not exist or are not public.",
+            code="invalid",
+            fields={"listings": [f"No public listing “{slug}”." for slug in missing]},
+        )
+    return [found[slug] for slug in slugs]

@@ -15,4 +15,14 @@ urlpatterns = [
         api.OrganizationInvitationCreateApi.as_view(),
         name="api-organization-invitations",
     ),
+    path(
+        "organizations/<slug:slug>/api-keys",
+        api.ApiKeyListCreateApi.as_view(),
+        name="api-organization-api-keys",
+    ),
+    path(
+        "organizations/<slug:slug>/api-keys/<str:public_id>/revoke",
+        api.ApiKeyRevokeApi.as_view(),
+        name="api-organization-api-key-revoke",
+    ),
 ]

@@ -7,7 +7,7 @@ from typing import Any, cast
 from django import forms
 from django.contrib.auth.forms import AdminUserCreationForm, AuthenticationForm, UserChangeForm
 
-from accounts.models import Role, User
+from accounts.models import ApiKeyScope, Role, User
 from marketplace.errors import ApplicationError
 
 
@@ -90,6 +90,46 @@ class MembershipRoleForm(forms.Form):
 
 class OrganizationSwitchForm(forms.Form):
     organization = forms.IntegerField(min_value=1)
+
+
+class ApiKeyCreateForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=80, help_text="What uses this key, e.g. “claims pipeline (prod)”.")
+    scopes = forms.MultipleChoiceField(
+        label="Scopes",
+        choices=[
+            (ApiKeyScope.INFERENCE, "Inference: call specialists through /v2"),
+            (ApiKeyScope.MANAGEMENT, "Management: manage keys and subscriptions through /api/v1"),
+        ],
+        initial=[ApiKeyScope.INFERENCE],
+        widget=forms.CheckboxSelectMultiple,
+    )
+    listings = forms.TypedMultipleChoiceField(
+        label="Restrict to listings",
+        coerce=int,
+        required=False,
+        widget=forms.SelectMultiple(attrs={"size": 5}),
+        help_text="Leave empty to allow every listing your organization subscribes to.",
+    )
+    expires_at = forms.DateTimeField(
+        label="Expires",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Optional. Leave empty for a key that does not expire.",
+    )
+    rate_limit_per_second = forms.IntegerField(
+        label="Rate limit (requests per second)",
+        required=False,
+        min_value=1,
+        max_value=100_000,
+        help_text="Optional. Leave empty for the platform default.",
+    )
+
+    def __init__(self, *args: Any, listing_choices: list[tuple[int, str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        listings = cast(forms.TypedMultipleChoiceField, self.fields["listings"])
+        listings.choices = listing_choices or []
+        if not listing_choices:
+            listings.widget = forms.MultipleHiddenInput()
 
 
 # --- admin -------------------------------------------------------------------------------------

@@ -26,5 +26,7 @@ urlpatterns = [
         views.membership_remove,
         name="membership_remove",
     ),
+    path("organizations/<slug:slug>/keys/", views.api_key_list, name="api_keys"),
+    path("organizations/<slug:slug>/keys/<str:public_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
     path("invitations/<str:token>/", views.invitation_accept, name="invitation_accept"),
 ]

@@ -18,10 +18,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
 from accounts.forms import (
+    ApiKeyCreateForm,
     EmailAuthenticationForm,
     InvitationCreateForm,
     MembershipRoleForm,
@@ -30,7 +32,7 @@ from accounts.forms import (
     SignupForm,
     form_add_application_error,
 )
-from accounts.models import Membership, Organization, Role, User
+from accounts.models import ApiKey, Membership, Organization, Role, User
 from marketplace.errors import ApplicationError
 
 HOME_URL = "/"
@@ -299,3 +301,131 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
         "wrong_email": invitation.email.lower() != _user(request).email.lower(),
     }
     return render(request, "accounts/invitation_accept.html", context, status=error.status if error else 200)
+
+
+# --- API keys ----------------------------------------------------------------------------------
+
+
+def _api_keys_render(
+    request: HttpRequest, organization: Organization, *, form: ApiKeyCreateForm | None = None
+) -> HttpResponse:
+    from billing.selectors import listing_choices_subscribed
+
+    user = _user(request)
+    can_manage = selectors.user_can_manage(user=user, organization=organization)
+    if can_manage and form is None:
+        form = ApiKeyCreateForm(listing_choices=listing_choices_subscribed(organization=organization))
+    keys = list(selectors.api_key_list_for_organization(organization=organization))
+    for api_key in keys:
+        api_key.status = selectors.api_key_status(api_key=api_key)  # type: ignore[attr-defined]
+    context = {"organization": organization, "can_manage": can_manage, "keys": keys, "form": form}
+    return render(request, "accounts/api_keys.html", context, status=400 if form is not None and form.errors else 200)
+
+
+@login_required
+@never_cache
+def api_key_list(request: HttpRequest, slug: str) -> HttpResponse:
+    organization = _organization_for_member(request, slug)
+    if request.method != "POST":
+        return _api_keys_render(request, organization)
+
+    from billing.selectors import listing_choices_subscribed
+
+    form = ApiKeyCreateForm(request.POST, listing_choices=listing_choices_subscribed(organization=organization))
+    if form.is_valid():
+        try:
+            data = form.cleaned_data
+            api_key, raw_key = services.api_key_create(
+                organization=organization,
+                user=_user(request),
+                name=data["name"],
+                scopes=data["scopes"],
+                listing_ids=data["listings"],
+                expires_at=data["expires_at"],
+                rate_limit_per_second=data["rate_limit_per_second"],
+            )
+        except ApplicationError as exc:
+            if exc.status == 403:
+                messages.error(request, exc.message)
+                return redirect("accounts:api_keys", slug=organization.slug)
+            form_add_application_error(form, exc)
+        else:
+            # The raw key is in this response only: never in the session, a redirect or a log.
+            context = {
+                "organization": organization,
+                "api_key": api_key,
+                "raw_key": raw_key,
+                "curl": _curl_example(request, api_key=api_key, raw_key=raw_key),
+            }
+            return render(request, "accounts/api_key_created.html", context, status=201)
+    return _api_keys_render(request, organization, form=form)
+
+
+def _api_key_for_member(request: HttpRequest, slug: str, public_id: str) -> ApiKey:
+    organization = _organization_for_member(request, slug)
+    api_key = selectors.api_key_get_for_member(user=_user(request), organization=organization, public_id=public_id)
+    if api_key is None:
+        raise Http404("No such API key.")
+    return api_key
+
+
+@login_required
+def api_key_revoke(request: HttpRequest, slug: str, public_id: str) -> HttpResponse:
+    """GET: confirm; POST: revoke."""
+    api_key = _api_key_for_member(request, slug, public_id)
+    if request.method == "POST":
+        try:
+            services.api_key_revoke(api_key=api_key, user=_user(request))
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"The key “{api_key.name}” ({api_key.prefix}…) is revoked.")
+        return redirect("accounts:api_keys", slug=slug)
+    return render(request, "accounts/api_key_revoke.html", {"organization": api_key.organization, "api_key": api_key})
+
+
+def _curl_example(request: HttpRequest, *, api_key: ApiKey, raw_key: str) -> str:
+    """A ready-to-run call of one listing the key may use, with the publisher's sample input if any."""
+    import json
+    import shlex
+
+    from billing.selectors import listing_choices_subscribed
+    from catalog.models import Listing
+
+    listing_ids = [listing.pk for listing in api_key.listings.all()] or [
+        listing_id for listing_id, _name in listing_choices_subscribed(organization=api_key.organization)
+    ]
+    listing = (
+        Listing.objects.select_related("current_version").filter(pk=listing_ids[0]).first() if listing_ids else None
+    )
+    base = settings.SITE_URL.rstrip("/")
+    slug = listing.slug if listing is not None else "LISTING"
+    body = infer_request_example(version=listing.current_version if listing is not None else None)
+    return (
+        f"curl -sS {shlex.quote(f'{base}/v2/models/{slug}/infer')} \\\n"
+        f"  -H {shlex.quote(f'Authorization: Bearer {raw_key}')} \\\n"
+        f"  -H 'Content-Type: application/json' \\\n"
+        f"  -d {shlex.quote(json.dumps(body, separators=(',', ':')))}"
+    )
+
+
+def infer_request_example(*, version: Any) -> dict[str, Any]:
+    """An Open Inference Protocol (KServe v2) JSON request for a version: its sample input when the
+    publisher gave one, otherwise one row of zeros shaped by the signature."""
+    import numpy as np
+
+    signature = (getattr(version, "signature", None) or {}) if version is not None else {}
+    sample = (getattr(version, "sample_input", None) or {}) if version is not None else {}
+    inputs = []
+    for tensor in signature.get("inputs") or []:
+        name, datatype = tensor.get("name"), tensor.get("datatype", "FP32")
+        if name in sample:
+            array = np.asarray(sample[name])
+            shape, data = list(array.shape), array.reshape(-1).tolist()
+        else:
+            shape = [1 if d is None or d < 0 else d for d in tensor.get("shape") or [1]]
+            data = [0] * int(np.prod(shape))
+        inputs.append({"name": name, "shape": shape, "datatype": datatype, "data": data})
+    if not inputs:
+        inputs = [{"name": "INPUT", "shape": [1, 1], "datatype": "FP32", "data": [0.0]}]
+    return {"inputs": inputs}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,14 @@ from typing import Any
 import numpy as np
 
 DEMO_PASSWORD = "demo-pass-123"
+# Every demo listing offers this plan; the buyer organization subscribes to the first listings below.
+DEMO_PLAN_NAME = "Free"
+DEMO_PLAN_QUOTA_UNITS = 10_000
+DEMO_SUBSCRIBED_SLUGS = ("iris-species", "wine-cultivar", "digit-recognizer-8x8")
+# `make run` sets DEMO_API_KEY (scripts/run.py documents the value) so its banner can print a working
+# curl command; without it no key with a known value is ever created.
+DEMO_API_KEY_ENV = "DEMO_API_KEY"
+DEMO_API_KEY_NAME = "Demo key (make run)"
 
 
 @dataclass
@@ -384,7 +393,7 @@ def demo_seed(*, timeout_s: float = 300.0, log: Callable[[str], None] = print) -
     publisher = _user("publisher@demo.local", "Pat Publisher")
     buyer = _user("buyer@demo.local", "Bea Buyer")
     northwind = _org(publisher, "Northwind Labs")
-    _org(buyer, "Contoso Analytics")
+    contoso = _org(buyer, "Contoso Analytics")
 
     for index, spec in enumerate(SPECIALISTS):
         listing = Listing.objects.filter(slug=spec.slug).first()
@@ -433,4 +442,59 @@ def demo_seed(*, timeout_s: float = 300.0, log: Callable[[str], None] = print) -
             if not listing.is_featured:
                 listing_feature(listing=listing, actor=admin, featured=True)
         log(f"  {spec.name}: published")
+    _plans_and_subscriptions(publisher=publisher, buyer=buyer, buyer_org=contoso, log=log)
+    raw_key = os.environ.get(DEMO_API_KEY_ENV, "").strip()
+    if raw_key:
+        _demo_api_key(buyer=buyer, buyer_org=contoso, raw_key=raw_key, log=log)
     log("Demo data ready: " + json.dumps({"admin": admin.email, "publisher": publisher.email, "buyer": buyer.email}))
+
+
+def _plans_and_subscriptions(*, publisher: Any, buyer: Any, buyer_org: Any, log: Callable[[str], None]) -> None:
+    """A free plan on every demo listing; the buyer organization subscribes to a few, accepting the license."""
+    from billing.models import Plan, Subscription, SubscriptionStatus
+    from billing.services import plan_create, subscription_create, subscription_periods_renew
+    from catalog.models import Listing
+
+    listings = {listing.slug: listing for listing in Listing.objects.filter(slug__in=[s.slug for s in SPECIALISTS])}
+    for spec in SPECIALISTS:
+        listing = listings.get(spec.slug)
+        if listing is None:
+            continue
+        plan = Plan.objects.filter(listing=listing, name=DEMO_PLAN_NAME, is_active=True).first()
+        if plan is None:
+            plan = plan_create(
+                listing=listing, user=publisher, name=DEMO_PLAN_NAME, monthly_quota_units=DEMO_PLAN_QUOTA_UNITS
+            )
+        if spec.slug in DEMO_SUBSCRIBED_SLUGS and listing.is_public:
+            live = Subscription.objects.filter(organization=buyer_org, listing=listing).exclude(
+                status=SubscriptionStatus.CANCELED
+            )
+            if not live.exists():
+                subscription_create(
+                    organization=buyer_org, user=buyer, plan=plan, accept_license=True, ip_address="127.0.0.1"
+                )
+                log(f"  {buyer_org.name} subscribes to {listing.name} ({DEMO_PLAN_NAME})")
+    # A demo database that sat for more than a month: roll the free periods forward.
+    subscription_periods_renew()
+
+
+def _demo_api_key(*, buyer: Any, buyer_org: Any, raw_key: str, log: Callable[[str], None]) -> None:
+    from accounts.models import ApiKey, ApiKeyScope
+    from accounts.selectors import api_key_authenticate, api_key_parse
+    from accounts.services import api_key_import
+
+    parsed = api_key_parse(raw_key=raw_key)
+    if parsed is None:
+        raise RuntimeError(f"{DEMO_API_KEY_ENV} must look like smk_<12 of a-z0-9>_<32+ URL-safe characters>.")
+    existing = ApiKey.objects.filter(public_id=parsed[0]).first()
+    if existing is None:
+        api_key_import(
+            organization=buyer_org,
+            user=buyer,
+            name=DEMO_API_KEY_NAME,
+            raw_key=raw_key,
+            scopes=[ApiKeyScope.INFERENCE, ApiKeyScope.MANAGEMENT],
+        )
+        log(f"  API key {raw_key[:16]}… created for {buyer_org.name}")
+    elif api_key_authenticate(raw_key=raw_key) is None:
+        log(f"  API key {raw_key[:16]}… exists but is revoked, expired or has another secret: not usable")

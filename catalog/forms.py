@@ -48,7 +48,9 @@ class ListingCreateForm(ListingForm):
     slug = forms.SlugField(
         max_length=80,
         required=False,
-        help_text="The listing's address (/listings/<slug>); made from the name if left empty. It cannot change later.",
+        # Help texts are not escaped when rendered, so no angle brackets here.
+        help_text="The end of the listing's address, as in /s/iris-classifier/; made from the name if left empty. "
+        "It cannot change later.",
     )
     field_order = ["name", "slug", "summary", "domain", "task", "tags", "license", "license_text", "model_card"]
 

@@ -15,6 +15,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.selectors import user_can_manage
+from billing.forms import PlanCreateForm
+from billing.selectors import plan_list_for_listing
 from catalog import services
 from catalog.forms import ListingCreateForm, ListingForm, VersionForm, form_errors_apply
 from catalog.models import Listing, Version, VersionStatus
@@ -99,7 +101,14 @@ def listing_manage(request: HttpRequest, slug: str) -> HttpResponse:
             messages.success(request, "Listing saved.")
             return redirect("publish:listing-manage", slug=listing.slug)
     versions = version_list_for_listing(listing=listing)
-    return render(request, "publish/listing_manage.html", {"listing": listing, "form": form, "versions": versions})
+    context = {
+        "listing": listing,
+        "form": form,
+        "versions": versions,
+        "plans": plan_list_for_listing(listing=listing),
+        "plan_form": PlanCreateForm(),
+    }
+    return render(request, "publish/listing_manage.html", context)
 
 
 @login_required

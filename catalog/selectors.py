@@ -306,10 +306,13 @@ def listing_get_public(*, slug: str, user: Any = None) -> Listing:
     """The listing for its page or the API: public ones for everyone, drafts and suspended ones only for
     members of the owning organization and staff. Anyone else gets ``Http404`` (not 403: nothing leaks).
     """
+    from billing.selectors import plans_active_annotation
+
     listing = (
         Listing.objects.select_related("organization", "current_version")
         .prefetch_related("tags")
         .defer("search_vector")
+        .annotate(**plans_active_annotation())  # the plans, read in the same query
         .filter(slug=slug)
         .first()
     )

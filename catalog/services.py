@@ -621,6 +621,9 @@ def version_publish(*, version: Version, actor: User | None) -> Version:
     version.save(update_fields=["status", "published_at", "updated_at"])
     _listing_current_refresh(listing=version.listing)
     audit_log_write(action=AuditAction.VERSION_PUBLISHED, actor=actor, version=version)
+    from inference.dispatch import model_warm_on_commit
+
+    model_warm_on_commit(version=version)  # load it where inference runs before the first request does
     version.listing.refresh_from_db()
     return version
 
@@ -651,6 +654,9 @@ def version_withdraw(*, version: Version, actor: User, reason: str = "") -> Vers
     version.save(update_fields=["status", "status_reason", "updated_at"])
     _listing_current_refresh(listing=version.listing)
     audit_log_write(action=AuditAction.VERSION_WITHDRAWN, actor=actor, version=version, reason=version.status_reason)
+    from inference.dispatch import model_evict_on_commit
+
+    model_evict_on_commit(version_id=version.pk)
     if was_uploading and version.upload_mode == UploadMode.MULTIPART and version.upload_id:
         key, upload_id = version.artifact_key, version.upload_id
 

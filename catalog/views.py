@@ -11,6 +11,7 @@ from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
 from django.views.decorators.http import require_safe
 
+from billing.selectors import listing_plans_panel
 from catalog import selectors
 from catalog.models import Domain, LicenseTemplate, Listing, Task, Version
 from catalog.templatetags.catalog_tags import ms, opsets
@@ -193,5 +194,8 @@ def listing_detail(request: HttpRequest, slug: str) -> HttpResponse:
             "latency": _verified_latency(version),
             "license_info": LICENSES.get(listing.license, LICENSES[LicenseTemplate.CUSTOM]),
             "is_member": is_member,
+            "billing": listing_plans_panel(
+                listing=listing, user=request.user, organization=getattr(request, "organization", None)
+            ),
         },
     )

@@ -6,4 +6,5 @@ urlpatterns = [
     path("", include("accounts.api_urls")),
     path("", include("catalog.api_urls")),
     path("", include("moderation.api_urls")),
+    path("", include("billing.api_urls")),
 ]

@@ -22,6 +22,11 @@ PY = sys.executable
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = int(os.environ.get("PORT", "8000"))
 S3_PORT = int(os.environ.get("S3_PORT", "8333"))
+# The demo buyer's API key, with a fixed, documented value so the banner's curl command works as printed.
+# Only `make run` sets it (the seeder creates no key without it); it is a local demo secret, never a real one.
+DEMO_API_KEY = "smk_demo00000000_DemoSecretForMakeRunOnly0000000000"
+# One flower of the demo's iris specialist: sepal length, sepal width, petal length, petal width (cm).
+DEMO_INFER_BODY = '{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
 
 children: list[subprocess.Popen] = []
 
@@ -77,6 +82,7 @@ def main() -> int:
     env.setdefault("S3_ENDPOINT_URL", f"http://127.0.0.1:{S3_PORT}")
     env.setdefault("SITE_URL", f"http://{HOST}:{PORT}")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("DEMO_API_KEY", DEMO_API_KEY)
 
     try:
         if env["S3_ENDPOINT_URL"] == f"http://127.0.0.1:{S3_PORT}" and not port_open("127.0.0.1", S3_PORT):
@@ -136,6 +142,13 @@ def main() -> int:
     admin@demo.local       platform admin (moderation at /moderation/, Django admin at /admin/)
     publisher@demo.local   owner of the publisher organization "Northwind Labs"
     buyer@demo.local       member of the buyer organization "Contoso Analytics"
+
+  Contoso Analytics subscribes (free plan, 10,000 units / month) to iris-species, wine-cultivar and
+  digit-recognizer-8x8. Its demo API key (scopes inference + management): {env["DEMO_API_KEY"]}
+    curl -sS http://{HOST}:{PORT}/v2/models/iris-species/infer \\
+      -H 'Authorization: Bearer {env["DEMO_API_KEY"]}' -H 'Content-Type: application/json' \\
+      -d '{DEMO_INFER_BODY}'
+    curl -sS http://{HOST}:{PORT}/api/v1/subscriptions -H 'Authorization: Bearer {env["DEMO_API_KEY"]}'
 
   API docs: http://{HOST}:{PORT}/api/docs/    Logs: var/*.log    Stop: Ctrl-C
 """,

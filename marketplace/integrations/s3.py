@@ -360,8 +360,12 @@ def object_head(*, key: str) -> ObjectInfo | None:
     }
 
 
-def object_download(*, key: str, dest: Path) -> None:
-    """Stream an object to ``dest``; a partial download never appears at ``dest``."""
+def object_download(*, key: str, dest: Path, hasher: Any = None) -> None:
+    """Stream an object to ``dest``; a partial download never appears at ``dest``.
+
+    ``hasher`` (a ``hashlib`` object) is fed every chunk, so a caller can verify a digest
+    without reading the file again.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _translated("download object", key):
@@ -371,6 +375,8 @@ def object_download(*, key: str, dest: Path) -> None:
         with os.fdopen(fd, "wb") as out, contextlib.closing(body), _translated("download object", key):
             for chunk in body.iter_chunks(chunk_size=_DOWNLOAD_CHUNK_BYTES):
                 out.write(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
         os.replace(tmp_name, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

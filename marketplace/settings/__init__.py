@@ -2,6 +2,7 @@
 
 from .api import *  # noqa: F403
 from .base import *  # noqa: F403
+from .billing import *  # noqa: F403
 from .celery import *  # noqa: F403
 from .database import *  # noqa: F403
 from .email import *  # noqa: F403

@@ -30,3 +30,36 @@ VALIDATION_QUEUE = env.str("VALIDATION_QUEUE", default="validation")
 CELERY_TASK_ROUTES: dict[str, dict[str, str]] = {
     "catalog.version_validate": {"queue": VALIDATION_QUEUE},
 }
+# Tasks outside the apps' tasks.py modules (autodiscovery only finds those).
+CELERY_IMPORTS = ["inference.tasks_metering"]
+# Beat (run by `make run` beside the worker): the usage buffer reaches the ledger within a few seconds.
+CELERY_BEAT_SCHEDULE = {
+    "inference-usage-flush": {
+        "task": "inference.usage_flush",
+        "schedule": 2.0,
+        "options": {"expires": 10, "queue": CELERY_TASK_DEFAULT_QUEUE},
+    },
+}
+
+# Inference (celery dispatch mode): requests on their own queue; warm/evict broadcast to every inference worker
+# through a fanout exchange (each worker gets its own auto-deleted queue bound to it). The direct queues are
+# declared as Celery would create them by default, so listing them here changes nothing for the others.
+from kombu import Exchange, Queue  # noqa: E402
+from kombu.common import Broadcast  # noqa: E402
+
+from .inference import INFERENCE_QUEUE  # noqa: E402
+
+INFERENCE_BROADCAST_QUEUE = env.str("INFERENCE_BROADCAST_QUEUE", default=f"{INFERENCE_QUEUE}.broadcast")
+CELERY_TASK_QUEUES = [
+    Queue(name, Exchange(name), routing_key=name)
+    for name in dict.fromkeys(["default", VALIDATION_QUEUE, INFERENCE_QUEUE])
+] + [Broadcast(INFERENCE_BROADCAST_QUEUE)]
+CELERY_TASK_ROUTES = {
+    "inference.inference_run": {"queue": INFERENCE_QUEUE},
+    "inference.model_warm": {"queue": INFERENCE_BROADCAST_QUEUE, "exchange": INFERENCE_BROADCAST_QUEUE},
+    "inference.model_evict": {"queue": INFERENCE_BROADCAST_QUEUE, "exchange": INFERENCE_BROADCAST_QUEUE},
+}
+# Only inference_run stores a result (the web process waits for it and deletes it after reading); a result
+# nobody read (the caller gave up at its deadline) expires after this long.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=600)

@@ -17,3 +17,6 @@ WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True
 INFERENCE_REDIS_URL = os.environ.get("INFERENCE_REDIS_URL", os.environ["CELERY_BROKER_URL"])
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", os.environ["CELERY_BROKER_URL"])
+# Tests choose their billing backend themselves (the fake_stripe fixture switches to "stripe").
+STRIPE_SECRET_KEY = ""
+BILLING_BACKEND = "local"

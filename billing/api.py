@@ -1,0 +1,271 @@
+"""REST API for plans and subscriptions. Each view: validate with its InputSerializer, one service or
+selector call, render with an OutputSerializer. Management API keys are accepted for the subscriptions
+of the key's organization (``Authorization: Bearer smk_…``)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import ApiKeyAccessMixin, request_api_key
+from accounts.models import Organization, User
+from accounts.selectors import organization_get_for_member
+from billing import selectors, services
+from billing.models import LicenseAcceptance, Plan, PlanKind, SubscriptionStatus
+from billing.templatetags.billing_tags import plan_price, plan_quota
+from billing.views import client_ip
+from catalog.publish_selectors import listing_get_for_manager
+from catalog.selectors import listing_get_public
+from marketplace.errors import ApplicationError, NotFound
+
+TAGS = ["billing"]
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+@extend_schema_serializer(component_name="Plan")
+class PlanOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.ChoiceField(choices=PlanKind.choices)
+    monthly_quota_units = serializers.IntegerField(allow_null=True, help_text="Units per month; null: unlimited.")
+    currency = serializers.CharField()
+    monthly_price_cents = serializers.IntegerField()
+    price_per_1000_units_cents = serializers.IntegerField()
+    is_active = serializers.BooleanField()
+    price = serializers.SerializerMethodField(help_text='For people, e.g. "Free".')
+    quota = serializers.SerializerMethodField(help_text='For people, e.g. "10,000 units / month".')
+
+    def get_price(self, plan: Plan) -> str:
+        return plan_price(plan)
+
+    def get_quota(self, plan: Plan) -> str:
+        return plan_quota(plan)
+
+
+@extend_schema_serializer(component_name="LicenseTerms")
+class LicenseTermsOutput(serializers.Serializer):
+    license = serializers.CharField()
+    version = serializers.CharField()
+    sha256 = serializers.CharField(help_text="Send it back as terms_sha256 to accept exactly these terms.")
+    text = serializers.CharField()
+
+
+@extend_schema_serializer(component_name="LicenseAcceptance")
+class LicenseAcceptanceOutput(serializers.Serializer):
+    license = serializers.CharField()
+    terms_version = serializers.CharField()
+    terms_sha256 = serializers.CharField()
+    accepted_by = serializers.SerializerMethodField()
+    ip_address = serializers.IPAddressField(allow_null=True)
+    accepted_at = serializers.DateTimeField()
+
+    def get_accepted_by(self, acceptance: LicenseAcceptance) -> str | None:
+        return acceptance.user.email if acceptance.user is not None else None
+
+
+@extend_schema_serializer(component_name="Subscription")
+class SubscriptionOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    organization = serializers.CharField(source="organization.slug")
+    listing = serializers.CharField(source="listing.slug")
+    plan = PlanOutput()
+    status = serializers.ChoiceField(choices=SubscriptionStatus.choices)
+    pinned_version = serializers.CharField(source="pinned_version.version", allow_null=True, default=None)
+    current_period_start = serializers.DateTimeField()
+    current_period_end = serializers.DateTimeField()
+    cancel_at_period_end = serializers.BooleanField()
+    canceled_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    license_acceptances = LicenseAcceptanceOutput(many=True)
+
+
+def _organization_for_request(request: Request, slug: str | None) -> Organization:
+    """The organization a call acts for: a key's own; else ``organization=<slug>`` (a member's); else the
+    one chosen in the switcher."""
+    api_key = request_api_key(request)
+    if api_key is not None:
+        if slug and slug != api_key.organization.slug:
+            raise NotFound("No such organization.")
+        return api_key.organization
+    if slug:
+        organization = organization_get_for_member(user=cast(User, request.user), slug=slug)
+        if organization is None:
+            raise NotFound("No such organization.")
+        return organization
+    organization = getattr(request, "organization", None)
+    if organization is None:
+        raise ApplicationError(
+            "Say which organization: pass organization=<slug>.",
+            code="invalid",
+            fields={"organization": ["Required: you have no current organization."]},
+        )
+    return organization
+
+
+# --- plans -------------------------------------------------------------------------------------
+
+
+class ListingPlanListApi(APIView):
+    pagination_class = None
+
+    def get_permissions(self) -> list[Any]:
+        return [AllowAny()] if self.request.method == "GET" else [IsAuthenticated()]
+
+    @extend_schema_serializer(component_name="PlanCreateInput")
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=80)
+        kind = serializers.ChoiceField(choices=PlanKind.choices, default=PlanKind.FREE)
+        monthly_quota_units = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+
+    @extend_schema_serializer(component_name="ListingPlans")
+    class OutputSerializer(serializers.Serializer):
+        listing = serializers.CharField()
+        license = LicenseTermsOutput()
+        plans = PlanOutput(many=True)
+
+    @extend_schema(
+        tags=TAGS,
+        summary="A listing's active plans and the license terms subscribers accept",
+        responses={200: OutputSerializer},
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        listing = listing_get_public(slug=slug, user=request.user)
+        data = {
+            "listing": listing.slug,
+            "license": selectors.license_terms_for_listing(listing=listing),
+            "plans": list(selectors.plan_list_active(listing=listing)),
+        }
+        return Response(self.OutputSerializer(data).data)
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Offer a plan on my listing (owners and admins of the publisher)",
+        description="Only free plans for now: other kinds answer 400 paid_plans_unavailable.",
+        request=InputSerializer,
+        responses={201: PlanOutput},
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        listing = listing_get_for_manager(user=cast(User, request.user), slug=slug)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        plan = services.plan_create(listing=listing, user=cast(User, request.user), **serializer.validated_data)
+        return Response(PlanOutput(plan).data, status=status.HTTP_201_CREATED)
+
+
+class PlanDeactivateApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Stop offering a plan (subscribers keep it)",
+        request=None,
+        responses={200: PlanOutput},
+    )
+    def post(self, request: Request, plan_id: int) -> Response:
+        plan = selectors.plan_get(plan_id=plan_id)
+        if plan is None:
+            raise NotFound("No such plan.")
+        listing_get_for_manager(user=cast(User, request.user), slug=plan.listing.slug)  # 404 unless a manager
+        plan = services.plan_deactivate(plan=plan, user=cast(User, request.user))
+        return Response(PlanOutput(plan).data)
+
+
+# --- subscriptions -----------------------------------------------------------------------------
+
+ORGANIZATION_PARAM = OpenApiParameter(
+    "organization", str, description="Organization slug; default: the key's, or the one chosen in the switcher."
+)
+
+
+class SubscriptionListCreateApi(ApiKeyAccessMixin, APIView):
+    api_key_access = "key"
+    permission_classes = [IsAuthenticated]
+    pagination_class = LimitOffsetPagination
+
+    @extend_schema_serializer(component_name="SubscriptionCreateInput")
+    class InputSerializer(serializers.Serializer):
+        listing = serializers.SlugField()
+        plan = serializers.IntegerField(min_value=1)
+        accept_license = serializers.BooleanField(help_text="Must be true: you accept the listing's license terms.")
+        terms_sha256 = serializers.CharField(
+            required=False, allow_blank=True, max_length=64, help_text="The sha256 of the terms you read (optional)."
+        )
+        pinned_version = serializers.CharField(
+            required=False, allow_null=True, allow_blank=True, max_length=40, help_text="Empty: the stable channel."
+        )
+        organization = serializers.SlugField(required=False)
+
+    @extend_schema(
+        tags=TAGS,
+        summary="My organization's subscriptions",
+        parameters=[ORGANIZATION_PARAM],
+        responses={200: SubscriptionOutput(many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        organization = _organization_for_request(request, request.query_params.get("organization"))
+        subscriptions = selectors.subscription_list_for_organization(organization=organization).select_related(
+            "organization"
+        )
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(subscriptions, request, view=self)
+        return paginator.get_paginated_response(SubscriptionOutput(page, many=True).data)
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Subscribe my organization to a plan, accepting the listing's license (owners and admins)",
+        description="Records the exact license terms accepted (text, sha256, version), who, when and from where. "
+        "409 already_subscribed when the organization already has a live subscription to the listing.",
+        request=InputSerializer,
+        responses={201: SubscriptionOutput},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        organization = _organization_for_request(request, data.get("organization"))
+        listing = listing_get_public(slug=data["listing"], user=request.user)
+        plan = selectors.plan_get(plan_id=data["plan"])
+        if plan is None or plan.listing_id != listing.pk:
+            raise ApplicationError(
+                "No such plan on this listing.", code="invalid", fields={"plan": ["Choose one of the listing's plans."]}
+            )
+        subscription = services.subscription_create(
+            organization=organization,
+            user=cast(User, request.user),
+            plan=plan,
+            accept_license=data["accept_license"],
+            ip_address=client_ip(request._request),
+            pinned_version=data.get("pinned_version") or None,
+            terms_sha256=data.get("terms_sha256") or None,
+        )
+        return Response(SubscriptionOutput(subscription).data, status=status.HTTP_201_CREATED)
+
+
+class SubscriptionCancelApi(ApiKeyAccessMixin, APIView):
+    api_key_access = "key"
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Cancel a subscription (owners and admins); free plans end at once",
+        request=None,
+        responses={200: SubscriptionOutput},
+    )
+    def post(self, request: Request, subscription_id: int) -> Response:
+        subscription = selectors.subscription_get_for_member(
+            user=cast(User, request.user), subscription_id=subscription_id
+        )
+        api_key = request_api_key(request)
+        if subscription is None or (api_key is not None and subscription.organization_id != api_key.organization_id):
+            raise NotFound("No such subscription.")
+        subscription = services.subscription_cancel(subscription=subscription, user=cast(User, request.user))
+        return Response(SubscriptionOutput(subscription).data)

@@ -1,0 +1,298 @@
+"""Where inference runs: in this process (``inline``) or on Celery inference workers (``celery``).
+
+Both modes run the same code: :func:`infer_local` (host + micro-batcher). In celery mode the web process
+sends one ``inference_run`` task per request to ``INFERENCE_QUEUE`` with ``expires`` at the deadline and waits
+for its result until the deadline; tensors travel as base64 of their raw bytes with dtype and shape, which
+is far cheaper than JSON number lists. A lost worker, a passed deadline or a broker that cannot be reached
+is a 503 ``model_unavailable`` with ``retry_after``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+
+from inference import cache, runtime
+from inference.errors import InferenceFailed, ModelUnavailable
+from inference.host import ModelRef, model_host
+
+__all__ = [
+    "InferResult",
+    "InferenceFailed",
+    "ModelRef",
+    "ModelUnavailable",
+    "infer",
+    "infer_local",
+    "model_ready",
+    "model_ref_from_version",
+]
+
+logger = logging.getLogger(__name__)
+
+WORKER_RETRY_AFTER_S = 1
+
+
+@dataclass
+class InferResult:
+    outputs: dict[str, np.ndarray]
+    provider: str
+    queue_ms: float
+    compute_ms: float
+    batch_rows: int  # rows in the batch that actually ran (for the batch-size metric)
+
+
+def model_ref_from_version(version: Any) -> ModelRef:
+    """The host's view of a catalog Version. Batchable needs the validator's verdict (the graph accepted a
+    batch of 8) and a dynamic first dimension on every input and output, so results can be split by rows."""
+    signature = version.signature or {}
+    metrics = (version.validation_report or {}).get("metrics") or {}
+    tensors = list(signature.get("inputs") or []) + list(signature.get("outputs") or [])
+    batchable = (
+        bool(metrics.get("batchable"))
+        and bool(tensors)
+        and all((spec.get("shape") or [None])[0] == -1 for spec in tensors)
+    )
+    return ModelRef(
+        version_id=version.pk,
+        artifact_key=version.artifact_key,
+        artifact_sha256=version.artifact_sha256,
+        max_batch_size=int(version.max_batch_size or 1),
+        max_queue_delay_ms=float(version.max_queue_delay_ms or 0.0),
+        batchable=batchable,
+    )
+
+
+def model_ready(*, model: ModelRef) -> bool:
+    """Loaded, or loadable without a download. Cheap: no storage call, no session creation.
+
+    In celery mode this process does not host models; the artifact being in the machine's disk cache is
+    what it can see, so readiness there means "the workers will not need object storage for it"."""
+    if settings.INFERENCE_DISPATCH != "celery" and model_host().is_loaded(model.version_id):
+        return True
+    return cache.artifact_cached(sha256=model.artifact_sha256)
+
+
+def infer(
+    *, model: ModelRef, inputs: dict[str, np.ndarray], output_names: list[str] | None, deadline_s: float
+) -> InferResult:
+    """Run one request on the model, inline or on a Celery worker per ``INFERENCE_DISPATCH``.
+
+    Raises ModelUnavailable (503, ``retry_after``) or InferenceFailed (422).
+    """
+    if settings.INFERENCE_DISPATCH == "celery":
+        return _infer_celery(model=model, inputs=inputs, output_names=output_names, deadline_s=deadline_s)
+    return infer_local(model=model, inputs=inputs, output_names=output_names, deadline_s=deadline_s)
+
+
+def infer_local(
+    *, model: ModelRef, inputs: dict[str, np.ndarray], output_names: list[str] | None, deadline_s: float
+) -> InferResult:
+    """Run on this process's host: load on first use, then through the version's batcher."""
+    started = time.monotonic()
+    hosted = model_host().model_get(model)
+    remaining = deadline_s - (time.monotonic() - started)
+    if remaining <= 0:
+        raise ModelUnavailable("The model took too long to load; try again.", retry_after=WORKER_RETRY_AFTER_S)
+    try:
+        result = hosted.batcher.submit(inputs=inputs, output_names=output_names, timeout_s=remaining)
+    except runtime.RuntimeFailure as exc:
+        if exc.kind == "memory":
+            raise ModelUnavailable(
+                "The model ran out of memory on this request; try a smaller batch.", retry_after=5
+            ) from exc
+        raise InferenceFailed(f"The model rejected the input: {exc.message}") from exc
+    return InferResult(
+        outputs=result.outputs,
+        provider=hosted.provider,
+        queue_ms=result.queue_ms,
+        compute_ms=result.compute_ms,
+        batch_rows=result.batch_rows,
+    )
+
+
+# --- celery mode -----------------------------------------------------------------------------------------
+
+
+def tensor_encode(array: np.ndarray) -> list[Any]:
+    """[dtype, shape, data]: base64 of the raw little-endian C-order bytes; string tensors as a list."""
+    if array.dtype == object or array.dtype.kind in ("U", "S"):
+        items = [
+            item.decode("utf-8", "surrogateescape") if isinstance(item, bytes) else str(item) for item in array.ravel()
+        ]
+        return ["str", list(array.shape), items]
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return [array.dtype.str, list(array.shape), base64.b64encode(array.data).decode("ascii")]
+
+
+def tensor_decode(encoded: list[Any]) -> np.ndarray:
+    dtype, shape, data = encoded
+    if dtype == "str":
+        array = np.empty(len(data), dtype=object)
+        array[:] = data
+        return array.reshape(shape)
+    return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype)).reshape(shape)
+
+
+def request_encode(
+    *, model: ModelRef, inputs: dict[str, np.ndarray], output_names: list[str] | None, deadline_at: float
+) -> dict[str, Any]:
+    return {
+        "model": model.to_dict(),
+        "inputs": {name: tensor_encode(array) for name, array in inputs.items()},
+        "outputs": list(output_names) if output_names else None,
+        "deadline_at": deadline_at,  # wall clock (time.time()): the worker is another process
+    }
+
+
+def request_run(payload: dict[str, Any]) -> dict[str, Any]:
+    """The worker's side of celery mode: run the request here and encode the answer (errors as values)."""
+    remaining = float(payload["deadline_at"]) - time.time()
+    if remaining <= 0:
+        message = "The deadline passed before a worker took the request."
+        return {"error": {"kind": "unavailable", "message": message, "retry_after": WORKER_RETRY_AFTER_S}}
+    try:
+        result = infer_local(
+            model=ModelRef.from_dict(payload["model"]),
+            inputs={name: tensor_decode(value) for name, value in payload["inputs"].items()},
+            output_names=payload.get("outputs"),
+            deadline_s=remaining,
+        )
+    except ModelUnavailable as exc:
+        return {"error": {"kind": "unavailable", "message": exc.message, "retry_after": exc.retry_after}}
+    except InferenceFailed as exc:
+        return {"error": {"kind": "failed", "message": exc.message}}
+    return {
+        "outputs": {name: tensor_encode(value) for name, value in result.outputs.items()},
+        "provider": result.provider,
+        "queue_ms": result.queue_ms,
+        "compute_ms": result.compute_ms,
+        "batch_rows": result.batch_rows,
+    }
+
+
+def response_decode(answer: dict[str, Any]) -> InferResult:
+    error = answer.get("error")
+    if error:
+        if error.get("kind") == "failed":
+            raise InferenceFailed(error.get("message") or "The model rejected the input.")
+        raise ModelUnavailable(
+            error.get("message") or "The model is unavailable.",
+            retry_after=int(error.get("retry_after") or WORKER_RETRY_AFTER_S),
+        )
+    return InferResult(
+        outputs={name: tensor_decode(value) for name, value in answer["outputs"].items()},
+        provider=answer["provider"],
+        queue_ms=float(answer["queue_ms"]),
+        compute_ms=float(answer["compute_ms"]),
+        batch_rows=int(answer["batch_rows"]),
+    )
+
+
+def _infer_celery(
+    *, model: ModelRef, inputs: dict[str, np.ndarray], output_names: list[str] | None, deadline_s: float
+) -> InferResult:
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from inference.tasks import inference_run
+
+    started = time.monotonic()
+    payload = request_encode(
+        model=model, inputs=inputs, output_names=output_names, deadline_at=time.time() + deadline_s
+    )
+    try:
+        # retry=False: with the broker down, fail now (503) instead of retrying past the deadline.
+        async_result = inference_run.apply_async(
+            kwargs={"payload": payload}, queue=settings.INFERENCE_QUEUE, expires=deadline_s, retry=False
+        )
+    except Exception as exc:  # kombu/redis connection errors have no common base class worth naming
+        logger.warning("Could not send an inference request to the workers: %s", exc)
+        raise ModelUnavailable(
+            "The inference workers cannot be reached now.", retry_after=WORKER_RETRY_AFTER_S
+        ) from exc
+    try:
+        remaining = max(0.001, deadline_s - (time.monotonic() - started))
+        answer = async_result.get(timeout=remaining, disable_sync_subtasks=False, propagate=True)
+    except CeleryTimeout as exc:
+        # The worker died, is overloaded, or the model is slow: at-most-once, so nothing is re-run.
+        raise ModelUnavailable(
+            "No inference worker answered within the deadline.", retry_after=WORKER_RETRY_AFTER_S
+        ) from exc
+    except Exception as exc:
+        logger.warning("Inference task %s failed: %s", async_result.id, exc)
+        raise ModelUnavailable(
+            "The inference worker failed on this request.", retry_after=WORKER_RETRY_AFTER_S
+        ) from exc
+    finally:
+        try:
+            async_result.forget()
+        except Exception:  # the result expires on its own (result_expires)
+            pass
+    return response_decode(answer)
+
+
+# --- warm on publish, evict on withdraw --------------------------------------------------------------------
+
+
+def model_warm(*, model: ModelRef) -> bool:
+    """Load a version into this process's host now; failures are logged, not raised (a warm is a hint)."""
+    try:
+        model_host().model_get(model)
+    except Exception as exc:  # storage down, bad artifact, ORT load failure: the first request will say so
+        logger.warning("Could not warm version %s: %s", model.version_id, exc)
+        return False
+    return True
+
+
+def model_evict(*, version_id: int) -> bool:
+    return model_host().evict(version_id)
+
+
+def model_warm_on_commit(*, version: Any) -> None:
+    """After the transaction commits: warm the version where inference runs (every worker, or this process)."""
+    from django.db import transaction
+
+    model = model_ref_from_version(version)
+    transaction.on_commit(lambda: _warm_dispatch(model))
+
+
+def model_evict_on_commit(*, version_id: int) -> None:
+    from django.db import transaction
+
+    transaction.on_commit(lambda: _evict_dispatch(version_id))
+
+
+def _warm_dispatch(model: ModelRef) -> None:
+    if settings.INFERENCE_DISPATCH == "celery":
+        from inference.tasks import model_warm as model_warm_task
+
+        _broadcast(model_warm_task, model.version_id, model.to_dict())
+        return
+    # Inline: this web process hosts models. Warm in the background so the publishing request does not wait
+    # for a download and a session load.
+    import threading
+
+    threading.Thread(target=model_warm, kwargs={"model": model}, name="model-warm", daemon=True).start()
+
+
+def _evict_dispatch(version_id: int) -> None:
+    if settings.INFERENCE_DISPATCH == "celery":
+        from inference.tasks import model_evict as model_evict_task
+
+        _broadcast(model_evict_task, version_id)
+        return
+    model_evict(version_id=version_id)
+
+
+def _broadcast(task: Any, *args: Any) -> None:
+    try:
+        task.apply_async(args=list(args), retry=False)  # routed to the broadcast queue (settings)
+    except Exception as exc:  # the broker being down must not fail a publish; the first request loads it
+        logger.warning("Could not broadcast %s%s: %s", task.name, args, exc)

@@ -1,0 +1,437 @@
+"""Admission and metering for /v2 calls: per-key rate limits, per-subscription monthly quotas,
+Idempotency-Key replays, and the usage buffer.
+
+Two backends behind one interface, chosen by ``settings.INFERENCE_REDIS_URL``:
+
+- ``RedisMetering``: one Lua script per call decides idempotency, rate and quota atomically and reserves
+  (one round trip before inference); one MULTI pipeline after it pushes the usage record to a buffer list
+  and stores the idempotent response (one round trip). ``inference.services.usage_flush`` moves the buffer
+  to PostgreSQL in batches, at least once (a processing list survives a crash), deduplicated by request id.
+  Any Redis failure raises ``MeteringUnavailable`` (503): metered calls fail closed, never 500.
+- ``LocalMetering`` (empty URL, the embedded default): counters in process memory under a lock, usage
+  written straight to the database. Good for one process; limits are per process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+
+from marketplace.errors import ApplicationError
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "inf:"
+USAGE_BUFFER = KEY_PREFIX + "usage:buffer"
+USAGE_PROCESSING = KEY_PREFIX + "usage:processing"
+ERROR_BUFFER = KEY_PREFIX + "errors:buffer"
+ERROR_PROCESSING = KEY_PREFIX + "errors:processing"
+FLUSH_LOCK = KEY_PREFIX + "flush:lock"
+# Quota counters outlive their period a little so that late refunds find them.
+QUOTA_TTL_MARGIN_S = 7 * 24 * 3600
+METERING_RETRY_AFTER_S = 5
+
+
+class MeteringUnavailable(ApplicationError):
+    status = 503
+    code = "metering_unavailable"
+
+    def __init__(self, message: str = "Metering is unavailable; the call was not run. Retry shortly.") -> None:
+        super().__init__(message)
+        self.retry_after = METERING_RETRY_AFTER_S
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    key: str  # namespaced storage key
+    fingerprint: str  # sha256 of what the request asked for
+
+
+@dataclass(frozen=True)
+class Admission:
+    api_key_id: int
+    rate_limit: int  # requests per second
+    subscription_id: int
+    quota_units: int | None  # None: unlimited
+    period_start: datetime
+    period_end: datetime
+    units: int
+    idempotency: Idempotency | None = None
+
+    @property
+    def quota_key(self) -> str:
+        return f"{KEY_PREFIX}quota:{self.subscription_id}:{int(self.period_start.timestamp())}"
+
+    @property
+    def rate_key(self) -> str:
+        return f"{KEY_PREFIX}rate:{self.api_key_id}"
+
+    def seconds_to_period_end(self) -> int:
+        return max(1, math.ceil(self.period_end.timestamp() - time.time()))
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``outcome``: ok | replay | rate_limited | quota_exceeded | in_progress | reused."""
+
+    outcome: str
+    retry_after: int | None = None
+    stored: StoredResponse | None = None
+
+    @property
+    def admitted(self) -> bool:
+        return self.outcome == "ok"
+
+
+@dataclass(frozen=True)
+class UsageEntry:
+    request_id: str
+    organization_id: int
+    api_key_id: int | None
+    subscription_id: int
+    listing_id: int
+    version_id: int
+    units: int
+    queue_ms: float
+    compute_ms: float
+    provider: str
+    finished_at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class ErrorEntry:
+    request_id: str
+    organization_id: int
+    api_key_id: int | None
+    listing_id: int | None
+    version_id: int | None
+    status: int
+    code: str
+    finished_at: float
+
+
+def entry_encode(entry: UsageEntry | ErrorEntry) -> bytes:
+    return json.dumps(asdict(entry), separators=(",", ":")).encode()
+
+
+def _ms_to_retry_after(microseconds: float) -> int:
+    return max(1, math.ceil(microseconds / 1_000_000))
+
+
+# --- Redis ----------------------------------------------------------------------------------------
+
+# KEYS: rate, quota, idempotency. ARGV: rate/s, quota limit (-1 = unlimited), units, fingerprint ('' = none),
+# pending ttl ms. Nothing is written unless the call is admitted. Rate: GCRA, a burst of `rate` calls, refilled
+# at `rate` per second (one key per API key holding the theoretical arrival time in microseconds).
+_ADMIT_LUA = """
+local now = redis.call('TIME')
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if ARGV[4] ~= '' then
+  local st = redis.call('HMGET', KEYS[3], 'fp', 'state', 'status', 'headers', 'body')
+  if st[1] then
+    if st[1] ~= ARGV[4] then return {'reused', 0} end
+    if st[2] ~= 'done' then return {'in_progress', 0} end
+    return {'replay', 0, st[3], st[4], st[5]}
+  end
+end
+local rate = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now_us then tat = now_us end
+local new_tat = tat + math.floor(1000000 / rate)
+local allow_at = new_tat - 1000000
+if allow_at > now_us then return {'rate_limited', string.format('%d', allow_at - now_us)} end
+local limit = tonumber(ARGV[2])
+local units = tonumber(ARGV[3])
+if limit >= 0 then
+  local used = redis.call('GET', KEYS[2])
+  if not used then return {'seed', 0} end
+  if tonumber(used) + units > limit then return {'quota_exceeded', 0} end
+  redis.call('INCRBY', KEYS[2], units)
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now_us) / 1000) + 1)
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[3], 'fp', ARGV[4], 'state', 'pending')
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+return {'ok', 0}
+"""
+
+# Move up to ARGV[1] entries from the head of KEYS[1] (buffer) to the tail of KEYS[2] (processing), atomically.
+_CLAIM_LUA = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(items))
+  redis.call('LTRIM', KEYS[1], #items, -1)
+end
+return items
+"""
+
+_UNLOCK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisMetering:
+    def __init__(self, url: str) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.url = url
+        # Short timeouts and one quick retry (a pooled connection may be stale after a Redis restart): with Redis
+        # down a call must fail fast with 503, not hang.
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=2.0,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=0,
+        )
+        self._admit = self.client.register_script(_ADMIT_LUA)
+        self._claim = self.client.register_script(_CLAIM_LUA)
+        self._unlock = self.client.register_script(_UNLOCK_LUA)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            logger.warning("Metering store unavailable: %s", exc)
+            raise MeteringUnavailable() from exc
+
+    # -- the hot path --
+
+    def admit(self, admission: Admission) -> Decision:
+        idem = admission.idempotency
+        keys = [admission.rate_key, admission.quota_key, idem.key if idem else admission.rate_key + ":none"]
+        pending_ms = int((settings.INFERENCE_DEADLINE_S * 2 + 30) * 1000)
+        args = [
+            max(1, admission.rate_limit),
+            -1 if admission.quota_units is None else admission.quota_units,
+            admission.units,
+            idem.fingerprint if idem else "",
+            pending_ms,
+        ]
+        for _attempt in range(3):
+            result = self._call(self._admit, keys=keys, args=args)
+            outcome = result[0].decode()
+            if outcome == "seed":
+                self._quota_seed(admission)
+                continue
+            return self._decision(outcome, result, admission)
+        raise MeteringUnavailable("The quota counter could not be initialised; retry shortly.")
+
+    def _decision(self, outcome: str, result: list, admission: Admission) -> Decision:
+        if outcome == "rate_limited":
+            return Decision(outcome, retry_after=_ms_to_retry_after(float(result[1])))
+        if outcome == "quota_exceeded":
+            return Decision(outcome, retry_after=admission.seconds_to_period_end())
+        if outcome == "replay":
+            stored = StoredResponse(status=int(result[2]), headers=json.loads(result[3]), body=bytes(result[4] or b""))
+            return Decision(outcome, stored=stored)
+        if outcome == "in_progress":
+            return Decision(outcome, retry_after=1)
+        return Decision(outcome)
+
+    def _quota_seed(self, admission: Admission) -> None:
+        """The counter is missing (a new period, or Redis lost it): start it from the ledger. SET NX, so the first
+        seeder wins and concurrent ones agree."""
+        from inference.selectors import usage_units_for_period
+
+        used = usage_units_for_period(
+            subscription_id=admission.subscription_id, start=admission.period_start, end=admission.period_end
+        )
+        ttl = max(1, int(admission.period_end.timestamp() - time.time())) + QUOTA_TTL_MARGIN_S
+        self._call(self.client.set, admission.quota_key, used, nx=True, ex=ttl)
+
+    def succeed(self, admission: Admission, usage: UsageEntry, stored: StoredResponse | None) -> None:
+        """Record the usage and, for an idempotent call, store its response: one atomic round trip."""
+        if admission.idempotency is None or stored is None:
+            self._call(self.client.rpush, USAGE_BUFFER, entry_encode(usage))  # one command: no MULTI needed
+            return
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(USAGE_BUFFER, entry_encode(usage))
+        if admission.idempotency is not None and stored is not None:
+            key = admission.idempotency.key
+            pipe.hset(
+                key,
+                mapping={
+                    "fp": admission.idempotency.fingerprint,
+                    "state": "done",
+                    "status": stored.status,
+                    "headers": json.dumps(stored.headers),
+                    "body": stored.body,
+                },
+            )
+            pipe.expire(key, settings.INFERENCE_IDEMPOTENCY_TTL_S)
+        self._call(pipe.execute)
+
+    def fail(self, admission: Admission | None, error: ErrorEntry, *, refund: bool) -> None:
+        """Give back what ``admit`` reserved (quota units, the idempotency key) and count the error."""
+        pipe = self.client.pipeline(transaction=True)
+        if refund and admission is not None:
+            if admission.quota_units is not None:
+                pipe.decrby(admission.quota_key, admission.units)
+            if admission.idempotency is not None:
+                pipe.delete(admission.idempotency.key)
+        pipe.rpush(ERROR_BUFFER, entry_encode(error))
+        self._call(pipe.execute)
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    # -- the flusher --
+
+    def lock_acquire(self, *, ttl_s: int = 60, wait_s: float = 0.0) -> str | None:
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self._call(self.client.set, FLUSH_LOCK, token, nx=True, ex=ttl_s):
+                return token
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def lock_refresh(self, token: str, *, ttl_s: int = 60) -> None:
+        if self._call(self.client.get, FLUSH_LOCK) == token.encode():
+            self._call(self.client.expire, FLUSH_LOCK, ttl_s)
+
+    def lock_release(self, token: str) -> None:
+        self._call(self._unlock, keys=[FLUSH_LOCK], args=[token])
+
+    def processing_read(self, processing: str) -> list[bytes]:
+        return self._call(self.client.lrange, processing, 0, -1)
+
+    def processing_clear(self, processing: str) -> None:
+        self._call(self.client.delete, processing)
+
+    def claim(self, buffer: str, processing: str, batch: int) -> list[bytes]:
+        return self._call(self._claim, keys=[buffer, processing], args=[batch])
+
+    def backlog(self) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for name in (USAGE_BUFFER, USAGE_PROCESSING, ERROR_BUFFER, ERROR_PROCESSING):
+            pipe.llen(name)
+        usage, usage_processing, errors, errors_processing = self._call(pipe.execute)
+        return {"usage": usage + usage_processing, "errors": errors + errors_processing}
+
+
+# --- in process ----------------------------------------------------------------------------------
+
+
+class LocalMetering:
+    """The embedded default: the same decisions in process memory; usage goes straight to the database."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rate: dict[int, float] = {}  # api key id -> theoretical arrival time (monotonic seconds)
+        self._quota: dict[str, int] = {}
+        self._idempotency: dict[str, tuple[float, str, str, StoredResponse | None]] = {}  # expiry, fp, state, resp
+
+    def admit(self, admission: Admission) -> Decision:
+        quota_key = admission.quota_key
+        if admission.quota_units is not None and quota_key not in self._quota:
+            from inference.selectors import usage_units_for_period
+
+            used = usage_units_for_period(
+                subscription_id=admission.subscription_id, start=admission.period_start, end=admission.period_end
+            )
+            with self._lock:
+                self._quota.setdefault(quota_key, used)
+        now = time.monotonic()
+        idem = admission.idempotency
+        with self._lock:
+            if idem is not None:
+                held = self._idempotency.get(idem.key)
+                if held is not None and held[0] > now:
+                    _expiry, fingerprint, state, stored = held
+                    if fingerprint != idem.fingerprint:
+                        return Decision("reused")
+                    if state != "done":
+                        return Decision("in_progress", retry_after=1)
+                    return Decision("replay", stored=stored)
+            tat = max(self._rate.get(admission.api_key_id, now), now)
+            new_tat = tat + 1.0 / max(1, admission.rate_limit)
+            allow_at = new_tat - 1.0
+            if allow_at > now:
+                return Decision("rate_limited", retry_after=_ms_to_retry_after((allow_at - now) * 1_000_000))
+            if admission.quota_units is not None:
+                if self._quota[quota_key] + admission.units > admission.quota_units:
+                    return Decision("quota_exceeded", retry_after=admission.seconds_to_period_end())
+                self._quota[quota_key] += admission.units
+            self._rate[admission.api_key_id] = new_tat
+            if idem is not None:
+                pending_s = settings.INFERENCE_DEADLINE_S * 2 + 30
+                self._idempotency[idem.key] = (now + pending_s, idem.fingerprint, "pending", None)
+            if len(self._idempotency) > 10_000:
+                self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] > now}
+        return Decision("ok")
+
+    def succeed(self, admission: Admission, usage: UsageEntry, stored: StoredResponse | None) -> None:
+        from inference.services import usage_records_write
+
+        usage_records_write(entries=[usage])
+        if admission.idempotency is not None and stored is not None:
+            expiry = time.monotonic() + settings.INFERENCE_IDEMPOTENCY_TTL_S
+            with self._lock:
+                self._idempotency[admission.idempotency.key] = (
+                    expiry,
+                    admission.idempotency.fingerprint,
+                    "done",
+                    stored,
+                )
+
+    def fail(self, admission: Admission | None, error: ErrorEntry, *, refund: bool) -> None:
+        from inference.services import inference_errors_write
+
+        if refund and admission is not None:
+            with self._lock:
+                if admission.quota_units is not None and admission.quota_key in self._quota:
+                    self._quota[admission.quota_key] -= admission.units
+                if admission.idempotency is not None:
+                    self._idempotency.pop(admission.idempotency.key, None)
+        inference_errors_write(entries=[error])
+
+    def ping(self) -> bool:
+        return True
+
+
+Metering = RedisMetering | LocalMetering
+_backend: tuple[str, Metering] | None = None
+_backend_lock = threading.Lock()
+
+
+def metering_backend() -> Metering:
+    """The backend for the current settings (rebuilt when INFERENCE_REDIS_URL changes, as tests do)."""
+    global _backend
+    url = settings.INFERENCE_REDIS_URL or ""
+    current = _backend
+    if current is not None and current[0] == url:
+        return current[1]
+    with _backend_lock:
+        if _backend is None or _backend[0] != url:
+            _backend = (url, RedisMetering(url) if url else LocalMetering())
+        return _backend[1]

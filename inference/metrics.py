@@ -1,0 +1,131 @@
+"""Prometheus metrics of model serving, and the ``/metrics`` view.
+
+Label conventions: ``listing`` is the listing slug, ``version`` the version's primary key (as a string: stable
+across renames and the same in the web process and the workers). Request metrics are recorded by the API
+(:func:`request_observe`); cache, load and batch metrics by the host and the batcher, in whichever process
+hosts the model (the web process in inline mode, the inference workers in celery mode).
+
+Multiprocess mode: when ``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn with several workers, or workers on the
+same machine as the web server), every process writes its samples to files there and the view aggregates them.
+The variable must be set before ``prometheus_client`` is imported, so it is copied from settings here first;
+set it in the environment of every process that serves. A gunicorn ``child_exit`` hook should call
+``prometheus_client.multiprocess.mark_process_dead(worker.pid)`` so live gauges drop dead workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+_MULTIPROC_DIR = settings.PROMETHEUS_MULTIPROC_DIR
+if _MULTIPROC_DIR:
+    os.makedirs(_MULTIPROC_DIR, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _MULTIPROC_DIR)
+
+from prometheus_client import (  # noqa: E402  (after the environment is set)
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Latency buckets from 0.5 ms to 10 s: most models answer in a few milliseconds.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+REQUESTS = Counter(
+    "inference_requests_total", "Inference calls by listing, version and HTTP status.", ["listing", "version", "status"]
+)
+REQUEST_LATENCY = Histogram(
+    "inference_request_duration_seconds",
+    "Time from request to response of /v2 infer calls.",
+    ["listing", "version"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_TIME = Histogram(
+    "inference_queue_duration_seconds",
+    "Time a request waited for its batch to run.",
+    ["listing", "version"],
+    buckets=_LATENCY_BUCKETS,
+)
+COMPUTE_TIME = Histogram(
+    "inference_compute_duration_seconds",
+    "ONNX Runtime time of the batch a request ran in.",
+    ["listing", "version"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_ROWS = Histogram(
+    "inference_batch_rows", "Rows in each executed batch (1 = not batched).", ["version"], buckets=_ROW_BUCKETS
+)
+CACHE_EVENTS = Counter(
+    "model_cache_events_total",
+    "Model cache events: hit, miss, load, evict; tier disk (artifact files) or memory (sessions).",
+    ["event", "tier"],
+)
+MODEL_LOAD_TIME = Histogram(
+    "model_load_duration_seconds", "Time to make a session: download (on a disk miss) and load.", buckets=_LOAD_BUCKETS
+)
+PROVIDER_INFO = Gauge(
+    "model_provider_info",
+    "1 for each loaded version and the execution provider its session really runs on.",
+    ["version", "provider"],
+    multiprocess_mode="livemax",
+)
+PROVIDER_RUNS = Counter(
+    "inference_provider_rows_total", "Rows computed, by the execution provider that ran them.", ["provider"]
+)
+MEMORY_BYTES = Gauge(
+    "model_memory_bytes", "Accounted bytes of the sessions held in memory.", multiprocess_mode="livesum"
+)
+
+# Pre-bound children: label lookup costs a dict access and a lock; the hot path should not pay it each time.
+_cache_children = {
+    (event, tier): CACHE_EVENTS.labels(event=event, tier=tier)
+    for event in ("hit", "miss", "load", "evict")
+    for tier in ("disk", "memory")
+}
+
+
+def cache_event(event: str, tier: str) -> None:
+    _cache_children[(event, tier)].inc()
+
+
+def request_observe(
+    *,
+    listing: str,
+    version: str | int,
+    status: int,
+    latency_s: float,
+    queue_ms: float | None = None,
+    compute_ms: float | None = None,
+) -> None:
+    """Count one /v2 infer call; queue and compute times only for calls that ran the model."""
+    version = str(version)
+    REQUESTS.labels(listing=listing, version=version, status=str(status)).inc()
+    REQUEST_LATENCY.labels(listing=listing, version=version).observe(latency_s)
+    if queue_ms is not None:
+        QUEUE_TIME.labels(listing=listing, version=version).observe(queue_ms / 1000.0)
+    if compute_ms is not None:
+        COMPUTE_TIME.labels(listing=listing, version=version).observe(compute_ms / 1000.0)
+
+
+def registry_collect() -> bytes:
+    """The text exposition of this process, or of all processes in multiprocess mode."""
+    if _MULTIPROC_DIR:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=_MULTIPROC_DIR)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus scrape endpoint (text exposition format). Meant for the internal network."""
+    return HttpResponse(registry_collect(), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,45 @@
+"""Celery tasks of the model host. Thin: they decode and call inference.dispatch.
+
+``inference_run`` is deliberately at-most-once (``acks_late=False``, no retries), unlike the validation task:
+the message is acknowledged when a worker takes it, so a worker killed mid-request loses the request and the
+caller gets a 503 at its deadline. With late acks the broker would hand the request to another worker after
+the caller had already answered 503 (and not charged), running unpaid work nobody waits for, or, with the
+Redis visibility timeout, an hour later. The client retries instead, with ``Retry-After``.
+
+``model_warm`` and ``model_evict`` are routed to a broadcast (fanout) queue, so every inference worker that
+consumes ``<INFERENCE_QUEUE>.broadcast`` runs them (workers: ``-Q inference,inference.broadcast``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from inference import dispatch
+
+
+@shared_task(name="inference.inference_run", acks_late=False, ignore_result=False, max_retries=0)
+def inference_run(payload: dict[str, Any]) -> dict[str, Any]:
+    """One inference request; returns the encoded outputs or an error value (never raises for user errors)."""
+    return dispatch.request_run(payload)
+
+
+@shared_task(name="inference.model_warm", acks_late=False, ignore_result=True)
+def model_warm(version_id: int, model: dict[str, Any] | None = None) -> None:
+    """Load a version on this worker. The publisher sends the ModelRef along, so no database read is needed."""
+    if model is not None:
+        ref = dispatch.ModelRef.from_dict(model)
+    else:
+        from catalog.models import Version
+
+        version = Version.objects.filter(pk=version_id).first()
+        if version is None:
+            return
+        ref = dispatch.model_ref_from_version(version)
+    dispatch.model_warm(model=ref)
+
+
+@shared_task(name="inference.model_evict", acks_late=False, ignore_result=True)
+def model_evict(version_id: int) -> None:
+    dispatch.model_evict(version_id=version_id)

@@ -1,0 +1,221 @@
+"""The micro-batcher on real ONNX Runtime sessions: batches form under concurrency, each caller gets its own rows,
+a lone request is not held back, fixed-batch models are never batched, and one bad request fails alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from inference import runtime
+from inference.batching import Batcher
+from inference.errors import ModelUnavailable
+from tests.inference.onnx_factories import model_bytes, onnx_classifier_bytes, onnx_identity_bytes
+
+
+def _session(data: bytes) -> runtime.InferenceSessionHandle:
+    return runtime.session_create(model_bytes_or_path=data, prefer_gpu=False, intra_op_threads=1)
+
+
+class RecordingRun:
+    """session_run that records the rows of each run; the first run can be slowed down so that the other
+    requests of a test pile up behind it (what happens under load, made deterministic)."""
+
+    def __init__(self, handle: runtime.InferenceSessionHandle, *, first_delay_s: float = 0.0) -> None:
+        self.handle = handle
+        self.first_delay_s = first_delay_s
+        self.rows: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, feeds: dict[str, np.ndarray], output_names: list[str] | None) -> dict[str, np.ndarray]:
+        with self.lock:
+            first = not self.rows
+            self.rows.append(next(iter(feeds.values())).shape[0])
+        if first and self.first_delay_s:
+            time.sleep(self.first_delay_s)
+        return runtime.session_run(self.handle, feeds, output_names)
+
+
+def _concurrently(count: int, target) -> list:
+    results: list = [None] * count
+    barrier = threading.Barrier(count)
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = target(index)
+        except Exception as exc:  # collected and asserted by the test
+            results[index] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+def _gather_model() -> bytes:
+    """y = table[idx]: an index out of range makes ORT fail the whole run (INVALID_ARGUMENT)."""
+    table = numpy_helper.from_array(np.arange(30, dtype=np.float32).reshape(10, 3), name="table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)],
+        "gather",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        initializer=[table],
+    )
+    return model_bytes(graph)
+
+
+def test_concurrent_requests_form_batches_and_each_caller_gets_its_own_rows():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle, first_delay_s=0.05)
+    batcher = Batcher(run=run, name="t1", batchable=True, max_batch_size=64, max_queue_delay_ms=20)
+    rng = np.random.default_rng(7)
+    inputs = [rng.random((1 + i % 3, 4), dtype=np.float32) * 5 for i in range(16)]
+
+    results = _concurrently(16, lambda i: batcher.submit(inputs={"input": inputs[i]}, output_names=None, timeout_s=10))
+
+    assert max(run.rows) > 1, run.rows  # some requests really ran together
+    assert sum(run.rows) == sum(len(x) for x in inputs)
+    for i, result in enumerate(results):
+        assert not isinstance(result, Exception), result
+        alone = runtime.session_run(handle, {"input": inputs[i]})
+        assert result.outputs["label"].shape[0] == len(inputs[i])
+        np.testing.assert_array_equal(result.outputs["label"], alone["label"])
+        np.testing.assert_allclose(result.outputs["probabilities"], alone["probabilities"], rtol=1e-6)
+    batched = [r for i, r in enumerate(results) if r.batch_rows > len(inputs[i])]
+    assert batched and all(r.queue_ms >= 0 and r.compute_ms > 0 for r in results)
+    batcher.close()
+
+
+def test_batch_size_is_capped_at_max_batch_size():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle, first_delay_s=0.05)
+    batcher = Batcher(run=run, name="t2", batchable=True, max_batch_size=4, max_queue_delay_ms=20)
+    x = np.ones((1, 4), dtype=np.float32)
+
+    results = _concurrently(12, lambda i: batcher.submit(inputs={"input": x}, output_names=None, timeout_s=10))
+
+    assert all(not isinstance(r, Exception) for r in results)
+    assert max(run.rows) == 4 and sum(run.rows) == 12
+    batcher.close()
+
+
+def test_a_lone_request_runs_at_once_even_with_a_long_queue_delay():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle)
+    batcher = Batcher(run=run, name="t3", batchable=True, max_batch_size=32, max_queue_delay_ms=500)
+
+    started = time.perf_counter()
+    result = batcher.submit(inputs={"input": np.ones((1, 4), dtype=np.float32)}, output_names=None, timeout_s=10)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+
+    assert result.batch_rows == 1 and run.rows == [1]
+    assert result.queue_ms < 50 and elapsed_ms < 250  # nowhere near the 500 ms delay
+
+
+def test_a_queued_request_waits_at_most_the_queue_delay():
+    """B arrives while A runs (slowly): B may wait for company, but no longer than max_queue_delay_ms."""
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle, first_delay_s=1.0)
+    batcher = Batcher(run=run, name="t4", batchable=True, max_batch_size=32, max_queue_delay_ms=100)
+    x = np.ones((1, 4), dtype=np.float32)
+    first = threading.Thread(target=lambda: batcher.submit(inputs={"input": x}, output_names=None, timeout_s=10))
+    first.start()
+    while not run.rows:  # A is running now
+        time.sleep(0.001)
+
+    result = batcher.submit(inputs={"input": x}, output_names=None, timeout_s=10)
+    first.join()
+
+    assert result.batch_rows == 1
+    assert 80 <= result.queue_ms < 600  # waited for the delay (A still in flight), then ran without A
+    batcher.close()
+
+
+def test_requests_with_different_shapes_or_outputs_do_not_share_a_batch():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle, first_delay_s=0.05)
+    batcher = Batcher(run=run, name="t5", batchable=True, max_batch_size=64, max_queue_delay_ms=20)
+    x = np.ones((1, 4), dtype=np.float32)
+
+    def call(i: int):
+        names = ["label"] if i % 2 else None
+        return batcher.submit(inputs={"input": x}, output_names=names, timeout_s=10)
+
+    results = _concurrently(8, call)
+
+    for i, result in enumerate(results):
+        assert set(result.outputs) == ({"label"} if i % 2 else {"label", "probabilities"})
+    batcher.close()
+
+
+def test_a_model_with_a_fixed_batch_dimension_is_never_batched():
+    handle = _session(onnx_identity_bytes("FP32", (1, 4)))
+    run = RecordingRun(handle, first_delay_s=0.05)
+    batcher = Batcher(run=run, name="t6", batchable=False, max_batch_size=32, max_queue_delay_ms=50)
+
+    results = _concurrently(
+        12,
+        lambda i: batcher.submit(inputs={"x": np.full((1, 4), i, dtype=np.float32)}, output_names=None, timeout_s=10),
+    )
+
+    assert run.rows == [1] * 12
+    for i, result in enumerate(results):
+        assert result.batch_rows == 1 and result.queue_ms == pytest.approx(0, abs=5)
+        np.testing.assert_array_equal(result.outputs["y"], np.full((1, 4), i, dtype=np.float32))
+
+
+def test_a_failing_request_in_a_batch_does_not_fail_the_others():
+    handle = _session(_gather_model())
+    run = RecordingRun(handle, first_delay_s=0.05)
+    batcher = Batcher(run=run, name="t7", batchable=True, max_batch_size=64, max_queue_delay_ms=20)
+    bad = 5
+
+    def call(i: int):
+        idx = np.array([99 if i == bad else i % 10], dtype=np.int64)
+        return batcher.submit(inputs={"idx": idx}, output_names=None, timeout_s=10)
+
+    results = _concurrently(10, call)
+
+    assert any(rows > 1 for rows in run.rows), run.rows  # a batch was attempted with the bad request in it
+    assert isinstance(results[bad], runtime.RuntimeFailure) and results[bad].kind == "input"
+    for i, result in enumerate(results):
+        if i != bad:
+            assert not isinstance(result, Exception), result
+            np.testing.assert_array_equal(result.outputs["y"], [[3 * (i % 10), 3 * (i % 10) + 1, 3 * (i % 10) + 2]])
+    batcher.close()
+
+
+def test_a_request_still_queued_at_its_deadline_is_unavailable():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle, first_delay_s=0.0)
+    slow = lambda feeds, names: (time.sleep(0.4), run(feeds, names))[1]  # noqa: E731
+    batcher = Batcher(run=slow, name="t8", batchable=True, max_batch_size=32, max_queue_delay_ms=0)
+    x = np.ones((1, 4), dtype=np.float32)
+    threads = []
+    for expected_runs in (1, 2):  # A runs in its own thread, B in the dispatcher: both busy for 0.4 s
+        thread = threading.Thread(target=lambda: batcher.submit(inputs={"input": x}, output_names=None, timeout_s=10))
+        thread.start()
+        threads.append(thread)
+        while batcher._in_flight < expected_runs:
+            time.sleep(0.001)
+    time.sleep(0.05)
+
+    started = time.perf_counter()
+    with pytest.raises(ModelUnavailable) as excinfo:
+        batcher.submit(inputs={"input": x}, output_names=None, timeout_s=0.05)  # C queues behind B
+    waited = time.perf_counter() - started
+    for thread in threads:
+        thread.join()
+
+    assert excinfo.value.status == 503 and excinfo.value.retry_after >= 1
+    assert waited < 0.3
+    assert len(run.rows) == 2  # C was dropped from the queue, never run
+    assert batcher._in_flight == 0
+    batcher.close()
