@@ -292,7 +292,12 @@ def _evict_dispatch(version_id: int) -> None:
 
 
 def _broadcast(task: Any, *args: Any) -> None:
+    from kombu import Exchange
+
+    # Routed to the broadcast queue (settings). Celery never declares a Broadcast queue when sending, and the
+    # Redis transport treats an exchange it has not seen declared as direct (the message would go nowhere).
+    fanout = Exchange(settings.INFERENCE_BROADCAST_QUEUE, type="fanout")
     try:
-        task.apply_async(args=list(args), retry=False)  # routed to the broadcast queue (settings)
+        task.apply_async(args=list(args), retry=False, declare=[fanout])
     except Exception as exc:  # the broker being down must not fail a publish; the first request loads it
         logger.warning("Could not broadcast %s%s: %s", task.name, args, exc)

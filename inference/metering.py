@@ -130,7 +130,7 @@ def entry_encode(entry: UsageEntry | ErrorEntry) -> bytes:
     return json.dumps(asdict(entry), separators=(",", ":")).encode()
 
 
-def _ms_to_retry_after(microseconds: float) -> int:
+def _us_to_retry_after(microseconds: float) -> int:
     return max(1, math.ceil(microseconds / 1_000_000))
 
 
@@ -241,7 +241,7 @@ class RedisMetering:
 
     def _decision(self, outcome: str, result: list, admission: Admission) -> Decision:
         if outcome == "rate_limited":
-            return Decision(outcome, retry_after=_ms_to_retry_after(float(result[1])))
+            return Decision(outcome, retry_after=_us_to_retry_after(float(result[1])))
         if outcome == "quota_exceeded":
             return Decision(outcome, retry_after=admission.seconds_to_period_end())
         if outcome == "replay":
@@ -255,7 +255,11 @@ class RedisMetering:
         """The counter is missing (a new period, or Redis lost it): start it from the ledger. SET NX, so the first
         seeder wins and concurrent ones agree."""
         from inference.selectors import usage_units_for_period
+        from inference.services import usage_flush
 
+        # Records still in the buffer count too (a period that just renewed): move them to the ledger first.
+        # Rare (once per subscription and period), so the hot path does not pay for it.
+        usage_flush(wait_s=0)
         used = usage_units_for_period(
             subscription_id=admission.subscription_id, start=admission.period_start, end=admission.period_end
         )
@@ -377,7 +381,7 @@ class LocalMetering:
             new_tat = tat + 1.0 / max(1, admission.rate_limit)
             allow_at = new_tat - 1.0
             if allow_at > now:
-                return Decision("rate_limited", retry_after=_ms_to_retry_after((allow_at - now) * 1_000_000))
+                return Decision("rate_limited", retry_after=_us_to_retry_after((allow_at - now) * 1_000_000))
             if admission.quota_units is not None:
                 if self._quota[quota_key] + admission.units > admission.quota_units:
                     return Decision("quota_exceeded", retry_after=admission.seconds_to_period_end())

@@ -53,11 +53,18 @@ INFERENCE_BROADCAST_QUEUE = env.str("INFERENCE_BROADCAST_QUEUE", default=f"{INFE
 CELERY_TASK_QUEUES = [
     Queue(name, Exchange(name), routing_key=name)
     for name in dict.fromkeys(["default", VALIDATION_QUEUE, INFERENCE_QUEUE])
-] + [Broadcast(INFERENCE_BROADCAST_QUEUE)]
+] + [Broadcast(INFERENCE_BROADCAST_QUEUE, routing_key=INFERENCE_BROADCAST_QUEUE)]
+# The routing key must be explicit on both sides: the Redis transport subscribes to "<exchange>/<binding key>"
+# and publishes to "<exchange>/<routing key>"; Celery would otherwise bind with "default" and publish with none.
+_BROADCAST_ROUTE = {
+    "queue": INFERENCE_BROADCAST_QUEUE,
+    "exchange": INFERENCE_BROADCAST_QUEUE,
+    "routing_key": INFERENCE_BROADCAST_QUEUE,
+}
 CELERY_TASK_ROUTES = {
     "inference.inference_run": {"queue": INFERENCE_QUEUE},
-    "inference.model_warm": {"queue": INFERENCE_BROADCAST_QUEUE, "exchange": INFERENCE_BROADCAST_QUEUE},
-    "inference.model_evict": {"queue": INFERENCE_BROADCAST_QUEUE, "exchange": INFERENCE_BROADCAST_QUEUE},
+    "inference.model_warm": _BROADCAST_ROUTE,
+    "inference.model_evict": _BROADCAST_ROUTE,
 }
 # Only inference_run stores a result (the web process waits for it and deletes it after reading); a result
 # nobody read (the caller gave up at its deadline) expires after this long.

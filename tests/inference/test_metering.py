@@ -269,3 +269,44 @@ def test_the_backend_follows_the_settings():
     with override_settings(INFERENCE_REDIS_URL=""):
         assert isinstance(metering.metering_backend(), LocalMetering)
     assert isinstance(metering.metering_backend(), RedisMetering)
+
+
+def test_usage_by_day_and_totals(settings, buyer):
+    from inference.selectors import usage_by_day, usage_totals
+
+    backend = RedisMetering(settings.INFERENCE_REDIS_URL)
+    admission = _admission(units=3)
+    for _ in range(2):
+        backend.succeed(admission, _usage(admission, **_ids(buyer)), None)
+    error = ErrorEntry(uuid.uuid4().hex, buyer.organization.pk, buyer.api_key.pk, buyer.subscription.listing_id,
+                       None, 429, "rate_limited", time.time())  # fmt: skip
+    backend.fail(None, error, refund=False)
+    usage_flush()
+    start, end = timezone.now() - timedelta(days=1), timezone.now() + timedelta(days=1)
+    (row,) = usage_by_day(organization_id=buyer.organization.pk, start=start, end=end)
+    assert (row["calls"], row["units"], row["errors"]) == (2, 6, 1)
+    assert row["listing_slug"] == buyer.subscription.listing.slug and row["day"] == timezone.now().date()
+    assert usage_totals(organization_id=buyer.organization.pk, start=start, end=end) == {
+        "calls": 2, "units": 6, "errors": 1,
+    }  # fmt: skip
+    assert usage_by_day(organization_id=buyer.organization.pk + 1, start=start, end=end) == []
+
+
+def test_flush_command_and_beat_task(settings, buyer):
+    from django.core.management import call_command
+
+    from inference.tasks_metering import usage_flush_task
+    from marketplace.celery import app
+
+    backend = RedisMetering(settings.INFERENCE_REDIS_URL)
+    admission = _admission()
+    backend.succeed(admission, _usage(admission, **_ids(buyer)), None)
+    call_command("usage_flush")
+    assert UsageRecord.objects.count() == 1
+    backend.succeed(admission, _usage(admission, **_ids(buyer)), None)
+    usage_flush_task.apply()
+    assert UsageRecord.objects.count() == 2
+    # Beat schedules a task the workers know.
+    app.loader.import_default_modules()
+    scheduled = settings.CELERY_BEAT_SCHEDULE["inference-usage-flush"]
+    assert scheduled["task"] in app.tasks and scheduled["schedule"] <= 5
