@@ -16,6 +16,9 @@ class UsageRecord(models.Model):
     queue_ms = models.FloatField(default=0)
     compute_ms = models.FloatField(default=0)
     provider = models.CharField(max_length=40, blank=True)
+    # What this call costs the buyer under its plan, in the plan's currency (0 inside free or included units).
+    cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    currency = models.CharField(max_length=3, default="usd")
     created_at = models.DateTimeField(db_index=True, help_text="When the call finished (not when it was flushed).")
 
     class Meta:
