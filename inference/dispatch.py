@@ -154,6 +154,7 @@ def request_encode(
 
 def request_run(payload: dict[str, Any]) -> dict[str, Any]:
     """The worker's side of celery mode: run the request here and encode the answer (errors as values)."""
+    t_start = time.time()
     remaining = float(payload["deadline_at"]) - time.time()
     if remaining <= 0:
         message = "The deadline passed before a worker took the request."
@@ -175,6 +176,7 @@ def request_run(payload: dict[str, Any]) -> dict[str, Any]:
         "queue_ms": result.queue_ms,
         "compute_ms": result.compute_ms,
         "batch_rows": result.batch_rows,
+        "t": [t_start, time.time()],
     }
 
 
@@ -194,6 +196,79 @@ def response_decode(answer: dict[str, Any]) -> InferResult:
         compute_ms=float(answer["compute_ms"]),
         batch_rows=int(answer["batch_rows"]),
     )
+
+
+_reply_clients: dict[str, Any] = {}
+REPLY_KEY_PREFIX = "inference:reply:"
+
+
+def _reply_client() -> Any:
+    """A Redis client on the result backend's server (thread-safe, pooled), or None when it is not Redis."""
+    from marketplace.celery import app
+
+    url = app.conf.result_backend or ""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    client = _reply_clients.get(url)
+    if client is None:
+        import redis
+
+        client = _reply_clients[url] = redis.Redis.from_url(url, socket_connect_timeout=1, health_check_interval=30)
+    return client
+
+
+def reply_push(*, key: str, answer: dict[str, Any], deadline_at: float) -> None:
+    import json
+
+    client = _reply_client()
+    ttl = max(5, int(deadline_at - time.time()) + 60)  # nobody pops it after the deadline: let it expire
+    with client.pipeline(transaction=False) as pipe:
+        pipe.rpush(key, json.dumps(answer, separators=(",", ":")))
+        pipe.expire(key, ttl)
+        pipe.execute()
+
+
+def _infer_celery_reply(
+    *, client: Any, model: ModelRef, inputs: dict[str, np.ndarray], output_names: list[str] | None, deadline_s: float
+) -> InferResult:
+    import json
+    import uuid
+
+    import os
+
+    client = _reply_client() if os.environ.get("REPLY_MODE", "redis") == "redis" else None
+    if client is not None:
+        return _infer_celery_reply(
+            client=client, model=model, inputs=inputs, output_names=output_names, deadline_s=deadline_s
+        )
+    from inference.tasks import inference_run
+
+    started = time.monotonic()
+    deadline_at = time.time() + deadline_s
+    payload = request_encode(model=model, inputs=inputs, output_names=output_names, deadline_at=deadline_at)
+    key = REPLY_KEY_PREFIX + uuid.uuid4().hex
+    try:
+        inference_run.apply_async(
+            kwargs={"payload": payload, "reply_to": key},
+            queue=settings.INFERENCE_QUEUE,
+            expires=deadline_s,
+            retry=False,
+            ignore_result=True,
+            argsrepr="",
+            kwargsrepr=f"version {model.version_id}",
+        )
+    except Exception as exc:
+        logger.warning("Could not send an inference request to the workers: %s", exc)
+        raise ModelUnavailable("The inference workers cannot be reached now.", retry_after=WORKER_RETRY_AFTER_S) from exc
+    remaining = max(0.01, deadline_s - (time.monotonic() - started))
+    try:
+        popped = client.blpop([key], timeout=remaining)
+    except Exception as exc:
+        logger.warning("Lost the reply channel of inference request %s: %s", key, exc)
+        raise ModelUnavailable("The inference workers cannot be reached now.", retry_after=WORKER_RETRY_AFTER_S) from exc
+    if popped is None:
+        raise ModelUnavailable("No inference worker answered within the deadline.", retry_after=WORKER_RETRY_AFTER_S)
+    return response_decode(json.loads(popped[1]))
 
 
 def _infer_celery(

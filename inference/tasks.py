@@ -20,9 +20,16 @@ from inference import dispatch
 
 
 @shared_task(name="inference.inference_run", acks_late=False, ignore_result=False, max_retries=0)
-def inference_run(payload: dict[str, Any]) -> dict[str, Any]:
-    """One inference request; returns the encoded outputs or an error value (never raises for user errors)."""
-    return dispatch.request_run(payload)
+def inference_run(payload: dict[str, Any], reply_to: str | None = None) -> dict[str, Any] | None:
+    """One inference request; returns the encoded outputs or an error value (never raises for user errors).
+
+    With ``reply_to`` the answer is pushed to that Redis list instead of the result backend (the caller waits
+    on it with BLPOP: one round trip each side, no pub/sub subscription, nothing to clean up)."""
+    answer = dispatch.request_run(payload)
+    if reply_to is None:
+        return answer
+    dispatch.reply_push(key=reply_to, answer=answer, deadline_at=float(payload["deadline_at"]))
+    return None
 
 
 @shared_task(name="inference.model_warm", acks_late=False, ignore_result=True)
@@ -43,3 +50,15 @@ def model_warm(version_id: int, model: dict[str, Any] | None = None) -> None:
 @shared_task(name="inference.model_evict", acks_late=False, ignore_result=True)
 def model_evict(version_id: int) -> None:
     dispatch.model_evict(version_id=version_id)
+
+
+import os as _os  # noqa: E402
+import sys as _sys  # noqa: E402
+
+from celery.signals import worker_init  # noqa: E402
+
+
+@worker_init.connect
+def _experiment(**kwargs):
+    if _os.environ.get("SWITCH_US"):
+        _sys.setswitchinterval(int(_os.environ["SWITCH_US"]) / 1e6)

@@ -12,6 +12,7 @@ message string under ``error`` (Triton's client prints it), ``code`` is what pro
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -243,8 +244,6 @@ def _observe(call: _Call | None, slug: str, status: int, started: float) -> None
 def server_metadata(request: HttpRequest) -> HttpResponse:
     if request.method != "GET":
         return _method_not_allowed("GET")
-    import json
-
     return _json(
         json.dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}).encode()
     )
@@ -284,8 +283,6 @@ def _metadata_target(
 def model_metadata(request: HttpRequest, listing: str, version: str | None = None) -> HttpResponse:
     if request.method != "GET":
         return _method_not_allowed("GET")
-    import json
-
     try:
         served_listing, served = _metadata_target(request, listing, version)
     except ApplicationError as exc:

@@ -40,6 +40,10 @@ class AuditAction(models.TextChoices):
     SUBSCRIPTION_CREATED = "subscription.created", "Subscription created"
     SUBSCRIPTION_CANCELED = "subscription.canceled", "Subscription canceled"
     SUBSCRIPTION_RENEWED = "subscription.renewed", "Subscription period renewed"
+    SPEND_CAP_SET = "spend_cap.set", "Spend cap set"
+    SPEND_CAP_REMOVED = "spend_cap.removed", "Spend cap removed"
+    SPEND_CAP_NOTICE_SENT = "spend_cap.notice_sent", "Spend cap notice sent"
+    PLATFORM_FEE_CHANGED = "platform.fee_changed", "Platform fee changed"
 
 
 class AuditLogQuerySet(models.QuerySet["AuditLogEntry"]):
