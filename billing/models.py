@@ -44,6 +44,8 @@ class SubscriptionStatus(models.TextChoices):
     ACTIVE = "active", "Active"
     TRIALING = "trialing", "Trialing"
     PAST_DUE = "past_due", "Past due"
+    # Past due beyond the grace period (BILLING_GRACE_DAYS): not entitled until the open invoice is paid.
+    SUSPENDED = "suspended", "Suspended"
     CANCELED = "canceled", "Canceled"
 
 
@@ -150,6 +152,12 @@ class CheckoutSession(models.Model):
     status = models.CharField(max_length=10, choices=CheckoutStatus.choices, default=CheckoutStatus.OPEN)
     terms_version = models.CharField(max_length=40)
     terms_sha256 = models.CharField(max_length=64)
+    # The exact text shown at checkout: recorded as accepted when the payment completes, even if the
+    # listing's terms change meanwhile (the subscription then asks for the new ones).
+    terms_text = models.TextField(blank=True)
+    pinned_version = models.ForeignKey(
+        "catalog.Version", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     ip_address = models.GenericIPAddressField(null=True, blank=True)
     subscription = models.ForeignKey(Subscription, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -240,6 +248,9 @@ class Invoice(models.Model):
     currency = models.CharField(max_length=3, default="usd")
     total_cents = models.BigIntegerField(default=0)
     platform_fee_cents = models.BigIntegerField(default=0)
+    # Local: "period_open" (the period's fees, in advance) or "period_close" (the period's usage, and its
+    # fees unless invoiced in advance). Stripe: its billing_reason (subscription_create, subscription_cycle, ...).
+    billing_reason = models.CharField(max_length=30, blank=True)
     stripe_invoice_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
     stripe_synced_at = models.DateTimeField(null=True, blank=True)
     paid_at = models.DateTimeField(null=True, blank=True)
@@ -249,7 +260,9 @@ class Invoice(models.Model):
         ordering = ["-period_start", "-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["subscription", "period_start"], condition=models.Q(backend="local"), name="invoice_local_once"
+                fields=["subscription", "period_start", "billing_reason"],
+                condition=models.Q(backend="local"),
+                name="invoice_local_once",
             )
         ]
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Case, Count, OuterRef, Prefetch, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import JSONObject
@@ -13,7 +15,14 @@ from django.utils import timezone
 
 from accounts.models import MANAGER_ROLES, Membership, Organization, User
 from billing import licenses
-from billing.models import ENTITLED_STATUSES, LicenseAcceptance, Plan, Subscription, SubscriptionStatus
+from billing.models import (
+    ENTITLED_STATUSES,
+    CheckoutSession,
+    LicenseAcceptance,
+    Plan,
+    Subscription,
+    SubscriptionStatus,
+)
 from catalog.models import Listing
 
 # --- entitlement (the hot path) ----------------------------------------------------------------
@@ -25,13 +34,37 @@ _entitled_cache: dict[tuple[int, int], tuple[float, Subscription | None]] = {}
 _entitled_cache_lock = threading.Lock()
 
 
+# Statuses that may entitle: canceled ones keep their paid period, past-due ones their grace period.
+ENTITLING_STATUSES = (*ENTITLED_STATUSES, SubscriptionStatus.CANCELED)
+
+
 def _entitled_load(*, organization_id: int, listing_id: int) -> Subscription | None:
+    # One indexed query: at most a live subscription and a canceled one still in its period match.
     return (
         Subscription.objects.select_related("plan")
-        .filter(organization_id=organization_id, listing_id=listing_id, status__in=ENTITLED_STATUSES)
-        .order_by("-current_period_end")
+        .filter(
+            organization_id=organization_id,
+            listing_id=listing_id,
+            status__in=ENTITLING_STATUSES,
+            current_period_end__gt=timezone.now(),
+        )
+        .order_by(
+            Case(When(status=SubscriptionStatus.CANCELED, then=Value(1)), default=Value(0)), "-current_period_end"
+        )
         .first()
     )
+
+
+def subscription_is_entitled(*, subscription: Subscription, now: datetime | None = None) -> bool:
+    """Whether the subscription lets its organization call the listing at ``now``: inside its period, and
+    active, trialing, past due within the grace period (``BILLING_GRACE_DAYS``) or canceled (to the
+    period's end). Suspended subscriptions are not."""
+    now = now or timezone.now()
+    if subscription.current_period_end <= now or subscription.status not in ENTITLING_STATUSES:
+        return False
+    if subscription.status == SubscriptionStatus.PAST_DUE and subscription.past_due_since is not None:
+        return subscription.past_due_since + timedelta(days=settings.BILLING_GRACE_DAYS) > now
+    return True
 
 
 def subscription_entitled_cache_forget(*, organization_id: int | None = None, listing_id: int | None = None) -> None:
@@ -46,7 +79,7 @@ def subscription_entitled_cache_forget(*, organization_id: int | None = None, li
 def subscription_entitled_get(*, organization_id: int, listing_id: int) -> Subscription | None:
     """The subscription that lets the organization call the listing now, with its plan; else None.
 
-    Entitled: status in ENTITLED_STATUSES and now < current_period_end. The row is cached per process
+    Entitled: see :func:`subscription_is_entitled`. The row is cached per process
     for at most ``ENTITLEMENT_CACHE_TTL_S``; the period end is checked on every call. The returned row
     is shared between requests of this process: read it, never change it.
     """
@@ -61,7 +94,7 @@ def subscription_entitled_get(*, organization_id: int, listing_id: int) -> Subsc
             if len(_entitled_cache) >= ENTITLEMENT_CACHE_MAX_ENTRIES:
                 _entitled_cache.clear()
             _entitled_cache[key] = (now_mono, subscription)
-    if subscription is None or subscription.current_period_end <= timezone.now():
+    if subscription is None or not subscription_is_entitled(subscription=subscription):
         return None
     return subscription
 
@@ -128,6 +161,14 @@ def plan_list_for_listing(*, listing: Listing) -> QuerySet[Plan]:
     )
 
 
+def checkout_get(*, checkout_id: int) -> CheckoutSession | None:
+    return (
+        CheckoutSession.objects.select_related("plan", "plan__listing", "organization", "subscription")
+        .filter(pk=checkout_id)
+        .first()
+    )
+
+
 def plan_get(*, plan_id: int) -> Plan | None:
     return Plan.objects.select_related("listing", "listing__organization").filter(pk=plan_id).first()
 
@@ -152,7 +193,7 @@ def subscription_list_for_organization(*, organization: Organization) -> QuerySe
     canceled_last = Case(When(status=SubscriptionStatus.CANCELED, then=Value(1)), default=Value(0))
     return (
         Subscription.objects.filter(organization=organization)
-        .select_related("plan", "listing", "listing__organization", "pinned_version", "created_by")
+        .select_related("plan", "listing", "listing__organization", "pinned_version", "created_by", "scheduled_plan")
         .prefetch_related(Prefetch("license_acceptances", queryset=acceptances))
         .order_by(canceled_last, "-created_at", "-id")
     )
@@ -167,6 +208,49 @@ def subscription_get_for_member(*, user: User, subscription_id: int) -> Subscrip
         .filter(pk=subscription_id, organization__memberships__user=user)
         .first()
     )
+
+
+def subscriptions_decorate_for_page(*, subscriptions: list[Subscription]) -> list[Subscription]:
+    """Add what the billing page shows to each subscription (acceptances prefetched, newest first):
+    ``terms`` (the listing's current terms), ``terms_outdated``, ``entitled``, ``grace_ends_at`` (past due),
+    ``plan_choices`` (other offered plans of the listing, each with ``change``: "upgrade" applies now,
+    "downgrade" at the period's end). One query for the plans of all listings."""
+    from billing.pricing import plan_change_is_upgrade
+
+    listing_ids = {subscription.listing_id for subscription in subscriptions}
+    plans_by_listing: dict[int, list[Plan]] = {}
+    for plan in Plan.objects.filter(listing_id__in=listing_ids, is_active=True).order_by(*PLAN_ORDER):
+        plans_by_listing.setdefault(plan.listing_id, []).append(plan)
+    terms_by_listing: dict[int, licenses.LicenseTerms] = {}
+    now = timezone.now()
+    for subscription in subscriptions:
+        listing = subscription.listing
+        if listing.pk not in terms_by_listing:
+            terms_by_listing[listing.pk] = licenses.license_terms_for_listing(listing=listing)
+        terms = terms_by_listing[listing.pk]
+        acceptances = list(subscription.license_acceptances.all())
+        latest = acceptances[0] if acceptances else None
+        subscription.terms = terms  # type: ignore[attr-defined]
+        subscription.terms_outdated = (  # type: ignore[attr-defined]
+            subscription.status != SubscriptionStatus.CANCELED
+            and (latest is None or latest.terms_sha256 != terms.sha256)
+        )
+        subscription.entitled = subscription_is_entitled(subscription=subscription, now=now)  # type: ignore[attr-defined]
+        subscription.grace_ends_at = (  # type: ignore[attr-defined]
+            subscription.past_due_since + timedelta(days=settings.BILLING_GRACE_DAYS)
+            if subscription.past_due_since
+            else None
+        )
+        choices = []
+        for plan in plans_by_listing.get(subscription.listing_id, []):
+            if plan.pk == subscription.plan_id:
+                continue
+            plan.change = (
+                "upgrade" if plan_change_is_upgrade(old_plan=subscription.plan, new_plan=plan) else "downgrade"
+            )  # type: ignore[attr-defined]
+            choices.append(plan)
+        subscription.plan_choices = choices  # type: ignore[attr-defined]
+    return subscriptions
 
 
 def subscription_usage_units(*, subscription: Subscription) -> int:

@@ -17,6 +17,7 @@ concurrently (``InferenceSession.run`` is thread-safe and releases the GIL).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -131,6 +132,8 @@ class Batcher:
         cond = self._cond
         with cond:
             alone = self._in_flight == 0 or self._closed or rows >= self.max_batch_size
+            # A request counts as in flight until its caller has its answer, so callers of a batch that just
+            # finished still count: the first of them to come back queues instead of running alone.
             self._in_flight += 1
             if not alone:
                 pending = _Pending(inputs, output_names, rows, key)
@@ -141,30 +144,25 @@ class Batcher:
                     )
                     self._thread.start()
                 cond.notify()
-        if alone:
-            try:
+        try:
+            if alone:
                 return self._run_alone(inputs, output_names, enqueued=time.perf_counter())
-            finally:
+            if not pending.done.wait(timeout_s):
                 with cond:
-                    self._in_flight -= 1
-                    cond.notify()  # a dispatcher waiting for this request to join can stop waiting
-        if not pending.done.wait(timeout_s):
-            with cond:
+                    if not pending.done.is_set():
+                        pending.cancelled = True  # when already taken, its batch runs it and nobody reads it
+                        with contextlib.suppress(ValueError):
+                            self._queue.remove(pending)
                 if not pending.done.is_set():
-                    pending.cancelled = True
-                    try:
-                        self._queue.remove(pending)
-                    except ValueError:
-                        pass  # already taken: the dispatcher accounts for it when the batch ends
-                    else:
-                        self._in_flight -= 1
-                        cond.notify()
-            if not pending.done.is_set():
-                raise ModelUnavailable("The model did not answer within the deadline.", retry_after=1)
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+                    raise ModelUnavailable("The model did not answer within the deadline.", retry_after=1)
+            if pending.error is not None:
+                raise pending.error
+            assert pending.result is not None
+            return pending.result
+        finally:
+            with cond:
+                self._in_flight -= 1
+                cond.notify()  # a dispatcher waiting for this request to join can stop waiting
 
     def _run_alone(
         self, inputs: dict[str, np.ndarray], output_names: list[str] | None, *, enqueued: float
@@ -198,8 +196,6 @@ class Batcher:
                 for pending in batch:
                     if pending.result is None and pending.error is None:
                         pending.error = exc
-            with cond:
-                self._in_flight -= len(batch)
             for pending in batch:
                 pending.done.set()
 
@@ -218,18 +214,21 @@ class Batcher:
         batch, rows = [first], first.rows
         flush_at = first.enqueued + self.max_queue_delay_s
         while rows < self.max_batch_size:
-            # Take every compatible request already waiting, oldest first, while it fits.
-            for pending in list(self._queue):
+            # Take every compatible request already waiting, oldest first, while it fits (one pass).
+            rest: deque[_Pending] = deque()
+            for pending in self._queue:
                 if pending.cancelled:
-                    self._queue.remove(pending)
-                elif pending.key == first.key and rows + pending.rows <= self.max_batch_size:
-                    self._queue.remove(pending)
+                    continue
+                if pending.key == first.key and rows + pending.rows <= self.max_batch_size:
                     batch.append(pending)
                     rows += pending.rows
+                else:
+                    rest.append(pending)
+            self._queue = rest
             if rows >= self.max_batch_size:
                 break
-            # Wait only while someone else is in flight who could still join (running alone, or about to
-            # be queued); requests already queued but incompatible will not join this batch.
+            # Wait only while someone else is in flight who could still join (running alone, or just answered
+            # and about to send the next one); requests already queued but incompatible will not join.
             others = self._in_flight - len(batch) - len(self._queue)
             remaining = flush_at - time.perf_counter()
             if others <= 0 or remaining <= 0 or self._closed:

@@ -1,10 +1,17 @@
 """Where inference runs: in this process (``inline``) or on Celery inference workers (``celery``).
 
 Both modes run the same code: :func:`infer_local` (host + micro-batcher). In celery mode the web process
-sends one ``inference_run`` task per request to ``INFERENCE_QUEUE`` with ``expires`` at the deadline and waits
-for its result until the deadline; tensors travel as base64 of their raw bytes with dtype and shape, which
-is far cheaper than JSON number lists. A lost worker, a passed deadline or a broker that cannot be reached
-is a 503 ``model_unavailable`` with ``retry_after``.
+sends one ``inference_run`` task per request to ``INFERENCE_QUEUE`` with ``expires`` at the deadline; tensors
+travel as base64 of their raw bytes with dtype and shape, far cheaper than JSON number lists.
+
+The answer comes back through a Redis list named in the message (``reply_to``): the worker RPUSHes it (with a
+TTL), the caller BLPOPs it until the deadline. That is one round trip on each side, where Celery's Redis result
+backend costs a SUBSCRIBE before sending, a SET + PUBLISH, an UNSUBSCRIBE and a DEL to forget (measured about
+1 ms more per call on the 2-core box). When neither the result backend nor the broker is Redis, the answer
+comes through Celery's result backend instead (``AsyncResult.get``, then ``forget``).
+
+A lost worker, a passed deadline or a broker that cannot be reached is a 503 ``model_unavailable`` with
+``retry_after``; nothing is re-run (see inference/tasks.py for why the task is at-most-once).
 """
 
 from __future__ import annotations
@@ -154,7 +161,6 @@ def request_encode(
 
 def request_run(payload: dict[str, Any]) -> dict[str, Any]:
     """The worker's side of celery mode: run the request here and encode the answer (errors as values)."""
-    t_start = time.time()
     remaining = float(payload["deadline_at"]) - time.time()
     if remaining <= 0:
         message = "The deadline passed before a worker took the request."
@@ -176,7 +182,6 @@ def request_run(payload: dict[str, Any]) -> dict[str, Any]:
         "queue_ms": result.queue_ms,
         "compute_ms": result.compute_ms,
         "batch_rows": result.batch_rows,
-        "t": [t_start, time.time()],
     }
 
 
@@ -198,16 +203,33 @@ def response_decode(answer: dict[str, Any]) -> InferResult:
     )
 
 
+def _send_options(model: ModelRef, deadline_s: float) -> dict[str, Any]:
+    return {
+        "queue": settings.INFERENCE_QUEUE,
+        "expires": deadline_s,  # a worker that takes it later discards it: the caller has had its 503
+        "retry": False,  # with the broker down, fail now (503) instead of retrying past the deadline
+        "argsrepr": "",  # Celery would otherwise repr the whole payload into the message headers
+        "kwargsrepr": f"version {model.version_id}",
+    }
+
+
+def _unreachable(exc: BaseException) -> ModelUnavailable:
+    logger.warning("Could not reach the inference workers: %s", exc)
+    return ModelUnavailable("The inference workers cannot be reached now.", retry_after=WORKER_RETRY_AFTER_S)
+
+
 _reply_clients: dict[str, Any] = {}
 REPLY_KEY_PREFIX = "inference:reply:"
 
 
 def _reply_client() -> Any:
-    """A Redis client on the result backend's server (thread-safe, pooled), or None when it is not Redis."""
+    """A Redis client for replies (thread-safe, pooled): the result backend's server when it is Redis, else the
+    broker's when that is Redis; None otherwise (then replies go through Celery's result backend)."""
     from marketplace.celery import app
 
-    url = app.conf.result_backend or ""
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    redis_schemes = ("redis://", "rediss://", "unix://")
+    url = next((u for u in (app.conf.result_backend, app.conf.broker_url) if (u or "").startswith(redis_schemes)), None)
+    if url is None:
         return None
     client = _reply_clients.get(url)
     if client is None:
@@ -231,16 +253,10 @@ def reply_push(*, key: str, answer: dict[str, Any], deadline_at: float) -> None:
 def _infer_celery_reply(
     *, client: Any, model: ModelRef, inputs: dict[str, np.ndarray], output_names: list[str] | None, deadline_s: float
 ) -> InferResult:
+    """Reply through a Redis list: the worker RPUSHes the answer, this thread BLPOPs it until the deadline."""
     import json
     import uuid
 
-    import os
-
-    client = _reply_client() if os.environ.get("REPLY_MODE", "redis") == "redis" else None
-    if client is not None:
-        return _infer_celery_reply(
-            client=client, model=model, inputs=inputs, output_names=output_names, deadline_s=deadline_s
-        )
     from inference.tasks import inference_run
 
     started = time.monotonic()
@@ -249,24 +265,16 @@ def _infer_celery_reply(
     key = REPLY_KEY_PREFIX + uuid.uuid4().hex
     try:
         inference_run.apply_async(
-            kwargs={"payload": payload, "reply_to": key},
-            queue=settings.INFERENCE_QUEUE,
-            expires=deadline_s,
-            retry=False,
-            ignore_result=True,
-            argsrepr="",
-            kwargsrepr=f"version {model.version_id}",
+            kwargs={"payload": payload, "reply_to": key}, ignore_result=True, **_send_options(model, deadline_s)
         )
-    except Exception as exc:
-        logger.warning("Could not send an inference request to the workers: %s", exc)
-        raise ModelUnavailable("The inference workers cannot be reached now.", retry_after=WORKER_RETRY_AFTER_S) from exc
+    except Exception as exc:  # kombu/redis connection errors have no common base class worth naming
+        raise _unreachable(exc) from exc
     remaining = max(0.01, deadline_s - (time.monotonic() - started))
     try:
         popped = client.blpop([key], timeout=remaining)
     except Exception as exc:
-        logger.warning("Lost the reply channel of inference request %s: %s", key, exc)
-        raise ModelUnavailable("The inference workers cannot be reached now.", retry_after=WORKER_RETRY_AFTER_S) from exc
-    if popped is None:
+        raise _unreachable(exc) from exc
+    if popped is None:  # the worker died, is overloaded, or the model is slow: nothing is re-run (at most once)
         raise ModelUnavailable("No inference worker answered within the deadline.", retry_after=WORKER_RETRY_AFTER_S)
     return response_decode(json.loads(popped[1]))
 
@@ -274,24 +282,29 @@ def _infer_celery_reply(
 def _infer_celery(
     *, model: ModelRef, inputs: dict[str, np.ndarray], output_names: list[str] | None, deadline_s: float
 ) -> InferResult:
+    client = _reply_client()
+    if client is not None:
+        return _infer_celery_reply(
+            client=client, model=model, inputs=inputs, output_names=output_names, deadline_s=deadline_s
+        )
+    return _infer_celery_backend(model=model, inputs=inputs, output_names=output_names, deadline_s=deadline_s)
+
+
+def _infer_celery_backend(
+    *, model: ModelRef, inputs: dict[str, np.ndarray], output_names: list[str] | None, deadline_s: float
+) -> InferResult:
+    """Through Celery's result backend (any backend): used when the result backend is not Redis."""
     from celery.exceptions import TimeoutError as CeleryTimeout
 
     from inference.tasks import inference_run
 
     started = time.monotonic()
-    payload = request_encode(
-        model=model, inputs=inputs, output_names=output_names, deadline_at=time.time() + deadline_s
-    )
+    deadline_at = time.time() + deadline_s
+    payload = request_encode(model=model, inputs=inputs, output_names=output_names, deadline_at=deadline_at)
     try:
-        # retry=False: with the broker down, fail now (503) instead of retrying past the deadline.
-        async_result = inference_run.apply_async(
-            kwargs={"payload": payload}, queue=settings.INFERENCE_QUEUE, expires=deadline_s, retry=False
-        )
+        async_result = inference_run.apply_async(kwargs={"payload": payload}, **_send_options(model, deadline_s))
     except Exception as exc:  # kombu/redis connection errors have no common base class worth naming
-        logger.warning("Could not send an inference request to the workers: %s", exc)
-        raise ModelUnavailable(
-            "The inference workers cannot be reached now.", retry_after=WORKER_RETRY_AFTER_S
-        ) from exc
+        raise _unreachable(exc) from exc
     try:
         remaining = max(0.001, deadline_s - (time.monotonic() - started))
         answer = async_result.get(timeout=remaining, disable_sync_subtasks=False, propagate=True)
@@ -302,9 +315,8 @@ def _infer_celery(
         ) from exc
     except Exception as exc:
         logger.warning("Inference task %s failed: %s", async_result.id, exc)
-        raise ModelUnavailable(
-            "The inference worker failed on this request.", retry_after=WORKER_RETRY_AFTER_S
-        ) from exc
+        message = "The inference worker failed on this request."
+        raise ModelUnavailable(message, retry_after=WORKER_RETRY_AFTER_S) from exc
     finally:
         try:
             async_result.forget()

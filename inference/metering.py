@@ -58,7 +58,7 @@ class Idempotency:
 
 @dataclass(frozen=True)
 class Admission:
-    api_key_id: int
+    api_key_id: int | None  # None: a signed-in browser session (the playground)
     rate_limit: int  # requests per second
     subscription_id: int
     quota_units: int | None  # None: unlimited
@@ -66,6 +66,15 @@ class Admission:
     period_end: datetime
     units: int
     idempotency: Idempotency | None = None
+    # What the rate limit counts: the API key by default; browser sessions pass "session:<user id>".
+    rate_subject: str = ""
+    # Keep the period's unit counter without a quota (a flat plan with overage: the included-units boundary
+    # prices the call), so the decision says how many units came before this call.
+    counted: bool = False
+
+    @property
+    def counts_units(self) -> bool:
+        return self.quota_units is not None or self.counted
 
     @property
     def quota_key(self) -> str:
@@ -73,7 +82,7 @@ class Admission:
 
     @property
     def rate_key(self) -> str:
-        return f"{KEY_PREFIX}rate:{self.api_key_id}"
+        return f"{KEY_PREFIX}rate:{self.rate_subject or self.api_key_id}"
 
     def seconds_to_period_end(self) -> int:
         return max(1, math.ceil(self.period_end.timestamp() - time.time()))
@@ -88,11 +97,13 @@ class StoredResponse:
 
 @dataclass(frozen=True)
 class Decision:
-    """``outcome``: ok | replay | rate_limited | quota_exceeded | in_progress | reused."""
+    """``outcome``: ok | replay | rate_limited | quota_exceeded | in_progress | reused. ``units_before``: the
+    period's units before this call (admitted calls whose admission counts units; else None)."""
 
     outcome: str
     retry_after: int | None = None
     stored: StoredResponse | None = None
+    units_before: int | None = None
 
     @property
     def admitted(self) -> bool:
@@ -112,6 +123,8 @@ class UsageEntry:
     compute_ms: float
     provider: str
     finished_at: float  # epoch seconds
+    cost: str = "0"  # decimal string in the plan's currency (billing.pricing.usage_cost)
+    currency: str = "usd"
 
 
 @dataclass(frozen=True)
@@ -137,7 +150,8 @@ def _us_to_retry_after(microseconds: float) -> int:
 # --- Redis ----------------------------------------------------------------------------------------
 
 # KEYS: rate, quota, idempotency. ARGV: rate/s, quota limit (-1 = unlimited), units, fingerprint ('' = none),
-# pending ttl ms. Nothing is written unless the call is admitted. Rate: GCRA, a burst of `rate` calls, refilled
+# pending ttl ms, '1' to count units without a limit. Nothing is written unless the call is admitted; an admitted
+# call returns the units counted before it (-1 when not counted). Rate: GCRA, a burst of `rate` calls, refilled
 # at `rate` per second (one key per API key holding the theoretical arrival time in microseconds).
 _ADMIT_LUA = """
 local now = redis.call('TIME')
@@ -158,10 +172,12 @@ local allow_at = new_tat - 1000000
 if allow_at > now_us then return {'rate_limited', string.format('%d', allow_at - now_us)} end
 local limit = tonumber(ARGV[2])
 local units = tonumber(ARGV[3])
-if limit >= 0 then
+local before = -1
+if limit >= 0 or ARGV[6] == '1' then
   local used = redis.call('GET', KEYS[2])
   if not used then return {'seed', 0} end
-  if tonumber(used) + units > limit then return {'quota_exceeded', 0} end
+  before = tonumber(used)
+  if limit >= 0 and before + units > limit then return {'quota_exceeded', 0} end
   redis.call('INCRBY', KEYS[2], units)
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now_us) / 1000) + 1)
@@ -169,7 +185,7 @@ if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[3], 'fp', ARGV[4], 'state', 'pending')
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
-return {'ok', 0}
+return {'ok', before}
 """
 
 # Move up to ARGV[1] entries from the head of KEYS[1] (buffer) to the tail of KEYS[2] (processing), atomically.
@@ -229,6 +245,7 @@ class RedisMetering:
             admission.units,
             idem.fingerprint if idem else "",
             pending_ms,
+            "1" if admission.counted else "",
         ]
         for _attempt in range(3):
             result = self._call(self._admit, keys=keys, args=args)
@@ -249,6 +266,9 @@ class RedisMetering:
             return Decision(outcome, stored=stored)
         if outcome == "in_progress":
             return Decision(outcome, retry_after=1)
+        if outcome == "ok":
+            before = int(result[1])
+            return Decision(outcome, units_before=before if before >= 0 else None)
         return Decision(outcome)
 
     def _quota_seed(self, admission: Admission) -> None:
@@ -292,7 +312,7 @@ class RedisMetering:
         """Give back what ``admit`` reserved (quota units, the idempotency key) and count the error."""
         pipe = self.client.pipeline(transaction=True)
         if refund and admission is not None:
-            if admission.quota_units is not None:
+            if admission.counts_units:
                 pipe.decrby(admission.quota_key, admission.units)
             if admission.idempotency is not None:
                 pipe.delete(admission.idempotency.key)
@@ -351,13 +371,13 @@ class LocalMetering:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._rate: dict[int, float] = {}  # api key id -> theoretical arrival time (monotonic seconds)
+        self._rate: dict[str, float] = {}  # rate key -> theoretical arrival time (monotonic seconds)
         self._quota: dict[str, int] = {}
         self._idempotency: dict[str, tuple[float, str, str, StoredResponse | None]] = {}  # expiry, fp, state, resp
 
     def admit(self, admission: Admission) -> Decision:
         quota_key = admission.quota_key
-        if admission.quota_units is not None and quota_key not in self._quota:
+        if admission.counts_units and quota_key not in self._quota:
             from inference.selectors import usage_units_for_period
 
             used = usage_units_for_period(
@@ -377,22 +397,24 @@ class LocalMetering:
                     if state != "done":
                         return Decision("in_progress", retry_after=1)
                     return Decision("replay", stored=stored)
-            tat = max(self._rate.get(admission.api_key_id, now), now)
+            tat = max(self._rate.get(admission.rate_key, now), now)
             new_tat = tat + 1.0 / max(1, admission.rate_limit)
             allow_at = new_tat - 1.0
             if allow_at > now:
                 return Decision("rate_limited", retry_after=_us_to_retry_after((allow_at - now) * 1_000_000))
-            if admission.quota_units is not None:
-                if self._quota[quota_key] + admission.units > admission.quota_units:
+            units_before = None
+            if admission.counts_units:
+                units_before = self._quota[quota_key]
+                if admission.quota_units is not None and units_before + admission.units > admission.quota_units:
                     return Decision("quota_exceeded", retry_after=admission.seconds_to_period_end())
                 self._quota[quota_key] += admission.units
-            self._rate[admission.api_key_id] = new_tat
+            self._rate[admission.rate_key] = new_tat
             if idem is not None:
                 pending_s = settings.INFERENCE_DEADLINE_S * 2 + 30
                 self._idempotency[idem.key] = (now + pending_s, idem.fingerprint, "pending", None)
             if len(self._idempotency) > 10_000:
                 self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] > now}
-        return Decision("ok")
+        return Decision("ok", units_before=units_before)
 
     def succeed(self, admission: Admission, usage: UsageEntry, stored: StoredResponse | None) -> None:
         from inference.services import usage_records_write
@@ -413,7 +435,7 @@ class LocalMetering:
 
         if refund and admission is not None:
             with self._lock:
-                if admission.quota_units is not None and admission.quota_key in self._quota:
+                if admission.counts_units and admission.quota_key in self._quota:
                     self._quota[admission.quota_key] -= admission.units
                 if admission.idempotency is not None:
                     self._idempotency.pop(admission.idempotency.key, None)

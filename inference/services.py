@@ -14,9 +14,11 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from django.db import IntegrityError, connection, transaction
 
+from billing.metering import meter_reports_create
 from inference.metering import (
     ERROR_BUFFER,
     ERROR_PROCESSING,
@@ -52,12 +54,17 @@ def usage_records_write(*, entries: Iterable[UsageEntry]) -> int:
             queue_ms=e.queue_ms,
             compute_ms=e.compute_ms,
             provider=e.provider,
+            cost=Decimal(e.cost),
+            currency=e.currency,
             created_at=_when(e.finished_at),
         )
         for e in entries
     ]
     if rows:
-        UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
+        with transaction.atomic():
+            UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
+            # Usage that Stripe meters gets its outbox row (billing.MeterReport) in the same transaction.
+            meter_reports_create(usage_records=rows)
     return len(rows)
 
 

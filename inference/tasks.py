@@ -50,15 +50,3 @@ def model_warm(version_id: int, model: dict[str, Any] | None = None) -> None:
 @shared_task(name="inference.model_evict", acks_late=False, ignore_result=True)
 def model_evict(version_id: int) -> None:
     dispatch.model_evict(version_id=version_id)
-
-
-import os as _os  # noqa: E402
-import sys as _sys  # noqa: E402
-
-from celery.signals import worker_init  # noqa: E402
-
-
-@worker_init.connect
-def _experiment(**kwargs):
-    if _os.environ.get("SWITCH_US"):
-        _sys.setswitchinterval(int(_os.environ["SWITCH_US"]) / 1e6)

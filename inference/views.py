@@ -18,11 +18,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -47,7 +49,11 @@ PLATFORM = "onnxruntime_onnx"
 IDEMPOTENCY_HEADER = "HTTP_IDEMPOTENCY_KEY"
 IDEMPOTENCY_KEY_MAX = 255
 # Headers a stored idempotent response replays.
-_REPLAYED_HEADERS = ("Content-Type", protocol.HEADER_LENGTH, "X-Request-Id", "X-Usage-Units")
+_REPLAYED_HEADERS = (
+    "Content-Type", protocol.HEADER_LENGTH, "X-Request-Id", "X-Usage-Units", "X-Usage-Cost", "X-Usage-Currency",
+)  # fmt: skip
+# Costs are stated to the ledger's precision (UsageRecord.cost: 6 decimals).
+COST_PLACES = Decimal("0.000001")
 
 
 class NotAuthenticated(ApplicationError):
@@ -222,6 +228,48 @@ def _authenticate(request: HttpRequest, *, required: bool) -> Any:
     if api_key is None:
         raise NotAuthenticated("The API key is invalid, revoked or expired.", code="invalid_api_key")
     return api_key
+
+
+@dataclass(frozen=True)
+class SessionCaller:
+    """A signed-in browser (the listing page's playground) calling for the organization the user acts for. It
+    stands where an API key would: no key row, the settings' default rate, counted per user."""
+
+    organization_id: int
+    user_id: int
+    rate_limit: int
+    pk: None = None
+    scopes: tuple[str, ...] = ("inference",)
+    allowed_listing_ids: None = None  # every listing (the subscription check still applies)
+
+    @property
+    def rate_subject(self) -> str:
+        return f"session:{self.user_id}"
+
+
+class _CsrfCheck(CsrfViewMiddleware):
+    def _reject(self, request: HttpRequest, reason: str) -> Any:  # the reason, not Django's HTML 403 page
+        return reason
+
+
+def _infer_caller(request: HttpRequest) -> Any:
+    """The API key of a Bearer call; without an Authorization header, a signed-in session (with its CSRF
+    token, since the view is csrf-exempt for API clients). ``request.user`` is only touched in that case."""
+    if _raw_key(request) is None and request.user.is_authenticated:
+        check = _CsrfCheck(lambda _request: HttpResponse())
+        check.process_request(request)
+        reason = check.process_view(request, None, (), {})
+        if reason is not None:
+            raise Forbidden(f"CSRF check failed: {reason}. Reload the page and try again.", code="csrf_failed")
+        organization = getattr(request, "organization", None)
+        if organization is None:
+            raise Forbidden("Create or join an organization to call models.", code="organization_required")
+        return SessionCaller(
+            organization_id=organization.pk,
+            user_id=request.user.pk,
+            rate_limit=settings.INFERENCE_DEFAULT_RATE_PER_SECOND,
+        )
+    return _authenticate(request, required=True)
 
 
 def _observe(call: _Call | None, slug: str, status: int, started: float) -> None:
@@ -433,7 +481,7 @@ def model_infer(request: HttpRequest, listing: str, version: str | None = None) 
             protocol.BodyTooLarge(f"The request body is {declared} bytes; the limit is {max_body}."), request_id
         )
     try:
-        api_key = _authenticate(request, required=True)
+        api_key = _infer_caller(request)
         if "inference" not in api_key.scopes:
             raise Forbidden("This API key lacks the 'inference' scope.", code="insufficient_scope")
     except ApplicationError as exc:
@@ -447,7 +495,8 @@ def model_infer(request: HttpRequest, listing: str, version: str | None = None) 
     _observe(call, listing, response.status_code, started)
     from accounts.selectors import api_key_touch
 
-    api_key_touch(api_key_id=api_key.pk)
+    if api_key.pk is not None:
+        api_key_touch(api_key_id=api_key.pk)
     return response
 
 
@@ -497,16 +546,23 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
         _error_record(call, exc)
         raise
 
+    from billing.models import PlanKind
+    from billing.pricing import plan_hard_quota_units, usage_cost
+    from billing.spend_caps import spend_add, spend_check
+
     plan = subscription.plan
     admission = Admission(
         api_key_id=api_key.pk,
         rate_limit=api_key.rate_limit,
         subscription_id=subscription.pk,
-        quota_units=plan.monthly_quota_units,
+        quota_units=plan_hard_quota_units(plan),
+        # A flat plan's included units: the counter says where this call starts, so its cost is exact.
+        counted=plan.kind == PlanKind.FLAT and plan.monthly_quota_units is not None,
         period_start=subscription.current_period_start,
         period_end=subscription.current_period_end,
         units=parsed.units,
         idempotency=idempotency,
+        rate_subject=api_key.rate_subject if isinstance(api_key, SessionCaller) else "",
     )
     metering = metering_backend()
     try:
@@ -522,6 +578,14 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
         raise exc
 
     # Admitted: units are reserved. From here on every failure refunds them and is counted as an error.
+    # The units before this call are reserved too, so the cost is exact, not an estimate, even with concurrent
+    # calls at the included-units boundary.
+    cost = usage_cost(plan=plan, units=parsed.units, units_before=decision.units_before or 0).quantize(COST_PLACES)
+    try:
+        spend_check(organization_id=api_key.organization_id, api_key_id=api_key.pk, cost_estimate=cost)
+    except ApplicationError as exc:
+        _error_record(call, exc, admission)
+        raise
     try:
         result = infer(
             model=served.model,
@@ -533,6 +597,8 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
             "units": parsed.units,
             "queue_ms": round(result.queue_ms, 3),
             "compute_ms": round(result.compute_ms, 3),
+            "cost": str(cost),
+            "currency": plan.currency,
         }
         body, headers = protocol.response_encode(
             model_name=slug,
@@ -554,6 +620,8 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
     call.queue_ms, call.compute_ms = result.queue_ms, result.compute_ms
     headers["X-Request-Id"] = call.request_id
     headers["X-Usage-Units"] = str(parsed.units)
+    headers["X-Usage-Cost"] = str(cost)
+    headers["X-Usage-Currency"] = plan.currency
     entry = UsageEntry(
         request_id=call.request_id,
         organization_id=api_key.organization_id,
@@ -566,6 +634,8 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
         compute_ms=result.compute_ms,
         provider=result.provider,
         finished_at=time.time(),
+        cost=str(cost),
+        currency=plan.currency,
     )
     stored = (
         StoredResponse(200, {k: headers[k] for k in _REPLAYED_HEADERS if k in headers}, body) if idempotency else None
@@ -578,6 +648,7 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
         from inference.services import usage_record_create
 
         usage_record_create(entry=entry)
+    spend_add(organization_id=api_key.organization_id, api_key_id=api_key.pk, cost=cost)
     response = HttpResponse(body, status=200)
     for name, value in headers.items():
         response[name] = value

@@ -9,6 +9,7 @@ pipeline, and serves on http://127.0.0.1:8000. Ctrl-C stops everything it starte
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,6 +83,10 @@ def main() -> int:
     env.setdefault("S3_ENDPOINT_URL", f"http://127.0.0.1:{S3_PORT}")
     env.setdefault("SITE_URL", f"http://{HOST}:{PORT}")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # gunicorn runs several worker processes: Prometheus metrics are aggregated through files here.
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR / "prometheus"))
+    shutil.rmtree(env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     env.setdefault("DEMO_API_KEY", DEMO_API_KEY)
 
     try:
@@ -104,7 +109,25 @@ def main() -> int:
 
         start(
             "celery",
-            [PY, "-m", "celery", "-A", "marketplace", "worker", "-Q", "default,validation", "-c", "2", "-l", "info"],
+            # One worker for everything on one machine, with the periodic tasks (-B: usage flush, renewals,
+            # meter reports). Production runs validation and inference workers on their own machines.
+            [
+                PY,
+                "-m",
+                "celery",
+                "-A",
+                "marketplace",
+                "worker",
+                "-B",
+                "-s",
+                str(VAR / "celerybeat-schedule"),
+                "-Q",
+                f"default,validation,{env.get('INFERENCE_QUEUE', 'inference')}",
+                "-c",
+                "2",
+                "-l",
+                "info",
+            ],
             env,
         )
         log("seeding demo data through the publishing pipeline (first run trains six models: ~1 minute)")

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from django import template
 
+from billing import pricing
 from billing.models import Plan, PlanKind
 
 register = template.Library()
 
 
 def _money(cents: int, currency: str) -> str:
-    symbol = {"usd": "$", "eur": "€", "gbp": "£"}.get(currency.lower(), "")
-    amount = f"{cents / 100:,.2f}"
-    return f"{symbol}{amount}" if symbol else f"{amount} {currency.upper()}"
+    return pricing.money_format(cents, currency)
+
+
+@register.filter
+def plan_summary(plan: Plan) -> str:
+    """E.g. ``$49 / month · 100,000 units included · then $0.50 per 1,000`` (pricing.plan_price_summary)."""
+    return pricing.plan_price_summary(plan)
+
+
+@register.filter
+def money(cents: int, currency: str = "usd") -> str:
+    return pricing.money_format(cents or 0, currency)
 
 
 @register.filter

@@ -98,6 +98,7 @@ __all__ = [
     "subscription_retrieve",
     "subscription_update",
     "transfer_create",
+    "transfer_list",
     "webhook_event_construct",
     "webhook_signature_header",
 ]
@@ -660,6 +661,17 @@ def transfer_create(
     )
     with _stripe_errors():
         return _plain(_client().v1.transfers.create(params=params, options=_options(idempotency_key)))  # type: ignore[arg-type]
+
+
+def transfer_list(
+    *, transfer_group: str | None = None, destination: str | None = None, limit: int = 100
+) -> list[StripeObject]:
+    """The newest ``limit`` (at most 100) transfers matching the filters, newest first. A payout retried
+    after Stripe's 24-hour idempotency window looks here for the transfer its first try made."""
+    params = _without_none({"transfer_group": transfer_group, "destination": destination, "limit": min(int(limit), 100)})
+    with _stripe_errors():
+        page = _client().v1.transfers.list(params=params)  # type: ignore[arg-type]
+        return [_plain(transfer) for transfer in page.data]
 
 
 # --- webhooks --------------------------------------------------------------------------------

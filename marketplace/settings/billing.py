@@ -30,3 +30,5 @@ PLATFORM_FEE_PERCENT = env.int("PLATFORM_FEE_PERCENT", default=20)
 BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
 # Spend-cap notice threshold, in percent of the cap.
 SPEND_CAP_NOTICE_PERCENT = env.int("SPEND_CAP_NOTICE_PERCENT", default=80)
+# Country of new Connect accounts for publishers (Stripe-hosted onboarding collects the rest).
+STRIPE_CONNECT_COUNTRY = env.str("STRIPE_CONNECT_COUNTRY", default="US")

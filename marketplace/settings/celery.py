@@ -70,3 +70,41 @@ CELERY_TASK_ROUTES = {
 # nobody read (the caller gave up at its deadline) expires after this long.
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=600)
+
+# Billing ledger: usage → Stripe meters from the outbox, payouts left pending (a crash, Stripe down), and
+# the daily reconciliation of the usage ledger with what was reported.
+CELERY_BEAT_SCHEDULE["billing-meter-reports-send"] = {
+    "task": "billing.meter_reports_send",
+    "schedule": 10.0,
+    "options": {"expires": 30, "queue": CELERY_TASK_DEFAULT_QUEUE},
+}
+CELERY_BEAT_SCHEDULE["billing-payouts-pending-send"] = {
+    "task": "billing.payouts_pending_send",
+    "schedule": 300.0,
+    "options": {"expires": 240, "queue": CELERY_TASK_DEFAULT_QUEUE},
+}
+from celery.schedules import crontab  # noqa: E402
+
+CELERY_BEAT_SCHEDULE["billing-reconciliation-run"] = {
+    "task": "billing.reconciliation_run",
+    "schedule": crontab(hour=3, minute=17),
+    "options": {"expires": 3600, "queue": CELERY_TASK_DEFAULT_QUEUE},
+}
+CELERY_BEAT_SCHEDULE["billing-invoices-local-close-due"] = {
+    "task": "billing.invoices_local_close_due",
+    "schedule": 3600.0,
+    "options": {"expires": 1800, "queue": CELERY_TASK_DEFAULT_QUEUE},
+}
+
+# Billing subscriptions (helper "checkout"): local renewals, cancels at period end, suspensions after the grace
+# period, renewals held for new license terms, stale checkouts; and webhook events a lost task left unprocessed.
+CELERY_BEAT_SCHEDULE["billing-subscription-periods-renew"] = {
+    "task": "billing.subscription_periods_renew",
+    "schedule": 300.0,
+    "options": {"expires": 240, "queue": CELERY_TASK_DEFAULT_QUEUE},
+}
+CELERY_BEAT_SCHEDULE["billing-stripe-events-retry"] = {
+    "task": "billing.stripe_events_retry",
+    "schedule": 300.0,
+    "options": {"expires": 240, "queue": CELERY_TASK_DEFAULT_QUEUE},
+}

@@ -36,21 +36,33 @@ def test_plans_and_license_terms_are_public(api, plan, listing):
             "currency": "usd",
             "monthly_price_cents": 0,
             "price_per_1000_units_cents": 0,
+            "trial_days": 0,
+            "version": 1,
             "is_active": True,
             "price": "Free",
             "quota": "10,000 units / month",
+            "summary": "Free · 10,000 units/month",
         }
     ]
     assert body["license"] == selectors.license_terms_for_listing(listing=listing)
     assert api.get("/api/v1/listings/nope/plans").status_code == 404
 
 
-def test_publishers_create_free_plans_and_paid_ones_are_refused(api, listing, publisher, buyer_team):
+def test_publishers_create_free_and_paid_plans(api, listing, publisher, buyer_team):
     api.force_authenticate(publisher[0])
     response = api.post("/api/v1/listings/sepsis/plans", {"name": "Pro", "kind": "flat"}, format="json")
     assert response.status_code == 400
-    assert error_of(response)["code"] == "paid_plans_unavailable"
-    assert "paid plans arrive with billing" in error_of(response)["message"].lower()
+    assert error_of(response)["code"] == "invalid" and "monthly_price_cents" in error_of(response)["fields"]
+    response = api.post(
+        "/api/v1/listings/sepsis/plans",
+        {"name": "Pro", "kind": "flat", "monthly_price_cents": 4900, "monthly_quota_units": 100_000,
+         "price_per_1000_units_cents": 50, "trial_days": 14},
+        format="json",
+    )  # fmt: skip
+    assert response.status_code == 201
+    assert response.json()["summary"] == (
+        "$49 / month · 100,000 units included · then $0.50 per 1,000 · 14-day free trial"
+    )
 
     response = api.post("/api/v1/listings/sepsis/plans", {"name": "Free", "monthly_quota_units": 100}, format="json")
     assert response.status_code == 201 and response.json()["quota"] == "100 units / month"

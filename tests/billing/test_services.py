@@ -38,13 +38,20 @@ def test_publishers_create_free_plans_with_a_quota_or_unlimited(listing, publish
     assert (entry.actor, entry.listing, entry.organization, entry.data["name"]) == (user, listing, org, "Unlimited")
 
 
-def test_paid_plans_are_refused_until_billing(listing, publisher):
+def test_paid_plans_need_their_prices(listing, publisher):
     user, _org = publisher
-    for kind in (PlanKind.FLAT, PlanKind.METERED):
+    for kwargs, field in [
+        ({"kind": PlanKind.FLAT}, "monthly_price_cents"),
+        ({"kind": PlanKind.FLAT, "monthly_price_cents": 4900, "price_per_1000_units_cents": 50}, "monthly_quota_units"),
+        ({"kind": PlanKind.METERED}, "price_per_1000_units_cents"),
+        ({"kind": PlanKind.METERED, "price_per_1000_units_cents": 200, "monthly_price_cents": 100}, "kind"),
+        ({"kind": PlanKind.FREE, "monthly_price_cents": 100}, "kind"),
+        ({"kind": PlanKind.FLAT, "monthly_price_cents": 4900, "currency": "xyz"}, "currency"),
+        ({"kind": PlanKind.FLAT, "monthly_price_cents": 4900, "trial_days": 365}, "trial_days"),
+    ]:
         with pytest.raises(ApplicationError) as exc:
-            services.plan_create(listing=listing, user=user, name="Pro", kind=kind)
-        assert (exc.value.status, exc.value.code) == (400, "paid_plans_unavailable")
-        assert "paid plans arrive with billing" in exc.value.message.lower() and "kind" in exc.value.fields
+            services.plan_create(listing=listing, user=user, name="Pro", **kwargs)
+        assert (exc.value.status, exc.value.code) == (400, "invalid") and field in exc.value.fields, kwargs
     assert not Plan.objects.exists()
 
 
@@ -186,12 +193,12 @@ def test_unpublished_listings_take_no_subscribers(plan, listing, buyer_team):
         _subscribe(org, owner, plan)
 
 
-def test_paid_plans_made_elsewhere_cannot_be_subscribed_yet(listing, buyer_team):
+def test_paid_plans_start_through_checkout(listing, buyer_team):
     owner, _admin, _member, org = buyer_team
     pro = Plan.objects.create(listing=listing, name="Pro", kind=PlanKind.FLAT, monthly_price_cents=2000)
     with pytest.raises(ApplicationError) as exc:
         _subscribe(org, owner, pro)
-    assert exc.value.code == "paid_plans_unavailable"
+    assert exc.value.code == "checkout_required"
 
 
 def test_pinning_a_version(plan, listing, buyer_team):
@@ -255,9 +262,19 @@ def test_no_entitlement_without_a_subscription_after_cancel_or_after_the_period(
 
     other = make_org(owner=owner, name="Other buyer")
     sub = _subscribe(other, owner, plan)
-    Subscription.objects.filter(pk=sub.pk).update(status=SubscriptionStatus.CANCELED)
+    services.subscription_cancel(subscription=sub, user=owner)  # a free plan ends at once
     selectors.subscription_entitled_cache_forget()
     assert selectors.subscription_entitled_get(organization_id=other.pk, listing_id=listing_id) is None
+
+    # Canceled with time left in the period: entitled to its end. Suspended: not entitled.
+    third = make_org(owner=owner, name="Third buyer")
+    sub = _subscribe(third, owner, plan)
+    Subscription.objects.filter(pk=sub.pk).update(status=SubscriptionStatus.CANCELED)
+    selectors.subscription_entitled_cache_forget()
+    assert selectors.subscription_entitled_get(organization_id=third.pk, listing_id=listing_id) == sub
+    Subscription.objects.filter(pk=sub.pk).update(status=SubscriptionStatus.SUSPENDED)
+    selectors.subscription_entitled_cache_forget()
+    assert selectors.subscription_entitled_get(organization_id=third.pk, listing_id=listing_id) is None
 
 
 def test_past_due_and_trialing_are_entitled(plan, buyer_team):
@@ -269,11 +286,11 @@ def test_past_due_and_trialing_are_entitled(plan, buyer_team):
         assert selectors.subscription_entitled_get(organization_id=org.pk, listing_id=plan.listing_id) is not None
 
 
-def test_a_cancel_in_another_process_lands_within_a_second(plan, buyer_team):
+def test_a_suspension_in_another_process_lands_within_a_second(plan, buyer_team):
     owner, _admin, _member, org = buyer_team
     subscription = _subscribe(org, owner, plan)
     assert selectors.subscription_entitled_get(organization_id=org.pk, listing_id=plan.listing_id) is not None
-    Subscription.objects.filter(pk=subscription.pk).update(status=SubscriptionStatus.CANCELED)
+    Subscription.objects.filter(pk=subscription.pk).update(status=SubscriptionStatus.SUSPENDED)
     time.sleep(1.1)
     assert selectors.subscription_entitled_get(organization_id=org.pk, listing_id=plan.listing_id) is None
 

@@ -33,9 +33,9 @@ def test_anonymous_visitors_see_plans_quota_and_price_before_subscribing(client,
 
     body = text(client.get("/s/sepsis/"))
     assert 'id="plans"' in body
-    assert "<strong>Free</strong>" in body and "10,000 units / month" in body
-    assert "<strong>Research</strong>" in body and "Unlimited units" in body
-    assert '<span class="plan-price">Free</span>' in body
+    assert "<strong>Free</strong>" in body and "10,000 units/month" in body
+    assert "<strong>Research</strong>" in body and "Free · unlimited units" in body
+    assert '<span class="plan-price">Free · 10,000 units/month</span>' in body
     assert "Old plan" not in body
     assert "I accept the license terms" not in body  # no form for anonymous visitors
 
@@ -44,7 +44,7 @@ def test_listing_page_with_plans_costs_no_extra_query(client, plan, django_asser
     # listing (+organization, current version, active plans) + tags + versions
     with django_assert_num_queries(3):
         body = text(client.get("/s/sepsis/"))
-    assert "10,000 units / month" in body
+    assert "10,000 units/month" in body
 
 
 def test_a_manager_sees_the_full_terms_and_the_acceptance_checkbox(client, plan, buyer_team):
@@ -88,7 +88,7 @@ def test_subscribe_then_see_usage_and_cancel_on_the_listing_page(client, plan, l
     assert (acceptance.ip_address, acceptance.user, acceptance.terms_sha256) == ("198.51.100.7", owner, terms_sha)
 
     body = text(client.get("/s/sepsis/"))
-    assert "is subscribed on <strong>Free</strong> · usage this month 0 / 10,000 units" in body
+    assert "is subscribed on <strong>Free</strong> (active) · usage this period 0 / 10,000 units" in body
     assert "Cancel subscription" in body and 'name="accept_license"' not in body
 
     response = client.post(f"/billing/subscriptions/{subscription.pk}/cancel/", {"next": "listing"})
@@ -148,7 +148,7 @@ def test_subscriptions_page_lists_plan_period_and_license_acceptances(client, pl
     acceptance = LicenseAcceptance.objects.get()
     client.force_login(member)
     body = text(client.get(f"/billing/?organization={org.slug}"))
-    assert "Sepsis Alert" in body and "Free (Free, 10,000 units / month)" in body
+    assert "Sepsis Alert" in body and "Free: Free · 10,000 units/month" in body
     assert "Pinned to 0.9.0" in body and "0 / 10,000 units" in body
     assert acceptance.terms_version in body and acceptance.terms_sha256[:12] in body and owner.email in body
     assert "from 192.0.2.1" in body
@@ -189,7 +189,7 @@ def test_publishers_offer_and_retire_free_plans_on_their_listing_page(client, li
     user, _org = publisher
     client.force_login(user)
     page = text(client.get("/publish/listings/sepsis/"))
-    assert "Offer a free plan" in page and "No plans yet" in page
+    assert "Offer a plan" in page and "No plans yet" in page
 
     response = client.post("/billing/listings/sepsis/plans/", {"name": "Free", "monthly_quota_units": "5000"})
     assert response["Location"] == "/publish/listings/sepsis/#plans"

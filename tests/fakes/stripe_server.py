@@ -1631,6 +1631,9 @@ class FakeStripeServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes on a kept-alive connection: without TCP_NODELAY the body
+    # waits for the client's delayed ACK (~40 ms a request).
+    disable_nagle_algorithm = True
     server: FakeStripeServer
     server_version = "stripe"
     sys_version = ""

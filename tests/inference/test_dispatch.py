@@ -63,9 +63,10 @@ def test_model_ref_is_batchable_only_with_the_validator_verdict_and_dynamic_firs
     assert ModelRef.from_dict(ref.to_dict()) == ref
 
     fixed_output = {**signature, "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2]}]}
-    assert not dispatch.model_ref_from_version(VersionFactory.build(signature=fixed_output, validation_report=report)).batchable  # fmt: skip
-    unbatchable = {"metrics": {"batchable": False}}
-    assert not dispatch.model_ref_from_version(VersionFactory.build(signature=signature, validation_report=unbatchable)).batchable  # fmt: skip
+    fixed = VersionFactory.build(signature=fixed_output, validation_report=report)
+    assert not dispatch.model_ref_from_version(fixed).batchable
+    refused = VersionFactory.build(signature=signature, validation_report={"metrics": {"batchable": False}})
+    assert not dispatch.model_ref_from_version(refused).batchable
 
 
 def test_tensors_round_trip_through_the_celery_encoding():
@@ -164,6 +165,10 @@ def test_celery_infer_runs_on_a_worker_with_the_same_results(s3, inference_worke
         gather = _ref(s3, _gather_model())
         dispatch.infer(model=gather, inputs={"idx": np.array([99], dtype=np.int64)}, output_names=None, deadline_s=10)
 
+    # Without a Redis result backend the answer comes through Celery's result backend (and is deleted after).
+    via_backend = dispatch._infer_celery_backend(model=ref, inputs={"input": x}, output_names=None, deadline_s=10)
+    np.testing.assert_array_equal(via_backend.outputs["label"], expected["label"])
+
 
 def test_celery_concurrent_requests_each_get_their_own_rows(s3, inference_worker_process):
     data = onnx_classifier_bytes()
@@ -188,7 +193,7 @@ def test_celery_concurrent_requests_each_get_their_own_rows(s3, inference_worker
 def test_celery_storage_down_on_first_load_is_a_503_from_the_worker(s3, inference_worker_factory, settings):
     worker = inference_worker_factory(S3_ENDPOINT_URL="http://127.0.0.1:9")  # the worker cannot reach storage
     settings.INFERENCE_DISPATCH = "celery"
-    ref = _ref(s3, onnx_identity_bytes())
+    ref = _ref(s3, onnx_identity_bytes(output_name=f"y_{uuid.uuid4().hex[:8]}"))  # in no cache yet
 
     with pytest.raises(ModelUnavailable) as excinfo:
         dispatch.infer(model=ref, inputs={"x": np.ones((1, 4), np.float32)}, output_names=None, deadline_s=20)
@@ -242,7 +247,9 @@ def _approved_version(s3, data: bytes):
 
 
 @pytest.mark.django_db
-def test_inline_publish_warms_this_process_and_withdraw_evicts(s3, settings, staff_user, django_capture_on_commit_callbacks):  # fmt: skip
+def test_inline_publish_warms_this_process_and_withdraw_evicts(
+    s3, settings, staff_user, django_capture_on_commit_callbacks
+):
     settings.INFERENCE_DISPATCH = "inline"
     version = _approved_version(s3, onnx_identity_bytes())
 

@@ -172,8 +172,9 @@ def test_a_missing_artifact_is_a_503(s3, cache_dir):
 
 
 def test_sessions_are_bounded_in_bytes_and_evicted_least_recently_used(s3, cache_dir):
-    refs = [_ref(s3, data) for data in (onnx_classifier_bytes(), onnx_regressor_bytes(), onnx_identity_bytes())]
-    sizes = [int(len(data) * SESSION_MEMORY_FACTOR) for data in (onnx_classifier_bytes(), onnx_regressor_bytes(), onnx_identity_bytes())]  # fmt: skip
+    models = (onnx_classifier_bytes(), onnx_regressor_bytes(), onnx_identity_bytes())
+    refs = [_ref(s3, data) for data in models]
+    sizes = [int(len(data) * SESSION_MEMORY_FACTOR) for data in models]
     budget = sizes[0] + sizes[1] + 10  # any two fit together, not all three
     host = ModelHost(memory_bytes=budget, prefer_gpu=False, intra_op_threads=1)
     loads, evictions, hits = _events("load", "memory"), _events("evict", "memory"), _events("hit", "memory")

@@ -64,7 +64,7 @@ def test_approve_sends_nothing_until_commit(version_in_review, staff_user, djang
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.version_approve(version=version_in_review, actor=staff_user)
     assert mail.outbox == []  # the email waits for the commit
-    assert len(callbacks) == 1
+    assert len(callbacks) == 2  # the email, and warming the published version where inference runs
 
 
 def test_approve_by_non_staff_is_forbidden_and_changes_nothing(version_in_review, org_team):

@@ -1,0 +1,650 @@
+#!/usr/bin/env python
+"""Inference benchmark: the cost of the metered /v2 path over bare ONNX Runtime, and what micro-batching buys.
+
+    .venv/bin/python bench/inference.py [--duration 6] [--redis-url redis://127.0.0.1:6379/15]
+
+It starts everything it needs on this machine (SeaweedFS from scripts/seaweedfs.py, gunicorn like scripts/run.py,
+a Celery inference worker), recreates and migrates the PostgreSQL database ``marketplace_bench_inference``, seeds
+published listings, free plans, a subscription and an API key through the services (each version is validated by
+the real validation pipeline, run eagerly here), measures, prints a table, and stops and removes what it started
+(its Redis keys are deleted by pattern; nothing else in that Redis database is touched).
+
+One small ONNX model (an MLP, 20 features → 2 scores, one row a request) is measured, with the same request:
+  (a) bare ``session.run`` in this process, from Python threads;
+  (b) ``POST /bench/session-run``: a minimal Django view that only decodes the JSON, runs the session and encodes
+      the outputs (bench/bench_urls.py, routed only by bench/settings.py), in gunicorn like the product;
+  (c) ``POST /v2/models/<listing>/infer``: the full metered path (key, subscription, rate limit, quota, usage
+      record, metrics), ``INFERENCE_DISPATCH=inline``;
+  (d) the same in celery mode: the web process sends each request to a Celery worker (``-P threads -c 16``).
+at concurrency 1 and 32. Micro-batching: a batchable MLP (1024 → 2048 → 2048 → 2048 → 10, where one row alone
+wastes most of a matrix multiply) through the /v2 path at concurrency 64, with ``max_batch_size`` 32 and
+``max_queue_delay_ms`` 2 against ``max_batch_size`` 1 (batching off).
+
+HTTP load: ``wrk`` (Debian package ``wrk``) with a Lua script for the POST body, keep-alive connections, loopback.
+The machine has 2 cores: the load generator, gunicorn, Redis, PostgreSQL and the worker share them, so the
+client's CPU use is printed next to each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/marketplace_bench_inference"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+# The product's web server (scripts/run.py): gunicorn, 2 workers × 4 threads (gthread).
+GUNICORN_WORKERS = 2
+GUNICORN_THREADS = 4
+CELERY_CONCURRENCY = 16
+TINY_SIZES = (20, 64, 64, 2)
+BATCH_SIZES = (1024, 2048, 2048, 2048, 10)
+TARGETS = {
+    "c_over_b_rps": 0.6,
+    "c_minus_b_p50_ms": 1.0,
+    "d_minus_b_p50_ms": 3.0,
+    "d_rps_c32": 600.0,
+    "batching_gain": 3.0,
+}
+# Keys this script may leave in its Redis database; deleted on exit (never FLUSHDB: the database may be shared).
+REDIS_PATTERNS = ("inf:*", "inference:reply:*", "celery-task-meta-*", "_kombu.*", "unacked*", "inference*", "celery")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+# --- models -------------------------------------------------------------------------------------------------
+
+
+def mlp_bytes(sizes: tuple[int, ...], *, seed: int = 7) -> bytes:
+    """A ReLU MLP built with onnx.helper: input 'x' FP32 [N, sizes[0]], output 'y' FP32 [N, sizes[-1]]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, weights = [], []
+    previous = "x"
+    last = len(sizes) - 2
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        bias = np.zeros(fan_out, np.float32)
+        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]
+        nodes.append(helper.make_node("MatMul", [previous, f"w{i}"], [f"m{i}"]))
+        added = "y" if i == last else f"a{i}"
+        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [added]))
+        if i != last:
+            nodes.append(helper.make_node("Relu", [added], [f"h{i}"]))
+            previous = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", sizes[-1]])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench")
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def request_body(features: int, *, seed: int = 1) -> tuple[bytes, dict[str, Any]]:
+    row = np.round(np.random.default_rng(seed).standard_normal(features), 4).tolist()
+    sample = {"x": [row]}
+    body = {"inputs": [{"name": "x", "shape": [1, features], "datatype": "FP32", "data": [row]}]}
+    return json.dumps(body).encode(), sample
+
+
+# --- processes ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    running: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], *, env: dict[str, str], log_dir: Path) -> subprocess.Popen:
+        logfile = (log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.running.append((name, process))
+        return process
+
+    def stop(self, process: subprocess.Popen, timeout: float = 15.0) -> None:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+        self.running = [(n, p) for n, p in self.running if p is not process]
+
+    def stop_all(self) -> None:
+        for _name, process in reversed(list(self.running)):
+            self.stop(process)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, *, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited during startup")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status < 500:
+                    return
+        except Exception:  # not up yet
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout} s")
+        time.sleep(0.2)
+
+
+def database_recreate(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    if not name.startswith("marketplace_bench"):
+        raise SystemExit(f"Refusing to drop {name!r}: the benchmark only recreates a marketplace_bench* database.")
+    admin_url = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{name}"')
+
+
+def redis_cleanup(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    removed = 0
+    for pattern in REDIS_PATTERNS:
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        for start in range(0, len(keys), 500):
+            removed += client.delete(*keys[start : start + 500])
+    client.close()
+    return removed
+
+
+# --- seeding through the services ---------------------------------------------------------------------------
+
+
+@dataclass
+class Seeded:
+    raw_key: str
+    slugs: dict[str, str]  # model name -> listing slug
+    versions: dict[str, int]  # model name -> version id
+
+
+def seed(models: dict[str, tuple[bytes, dict[str, Any]]]) -> Seeded:
+    """Publish each model as a listing (validated by the real pipeline, eagerly), offer a free plan, subscribe a
+    buyer organization to all of them and give it an API key with a rate limit no benchmark reaches."""
+    from accounts.services import API_KEY_RATE_LIMIT_MAX, api_key_create, organization_create, user_create
+    from billing.services import PLAN_QUOTA_MAX_UNITS, plan_create, subscription_create
+    from catalog import services as catalog_services
+    from catalog.models import VersionStatus
+    from marketplace.celery import app
+    from marketplace.integrations import s3
+    from moderation.services import version_approve
+
+    app.conf.task_always_eager = True  # validation runs here, in this process
+    s3.bucket_ensure()
+    admin = user_create(email="admin@bench.local", password="bench-pass-123", name="Bench Admin")
+    admin.is_staff = admin.is_superuser = True
+    admin.save(update_fields=["is_staff", "is_superuser"])
+    publisher = user_create(email="publisher@bench.local", password="bench-pass-123", name="Bench Publisher")
+    buyer = user_create(email="buyer@bench.local", password="bench-pass-123", name="Bench Buyer")
+    publisher_org = organization_create(user=publisher, name="Bench Labs")
+    buyer_org = organization_create(user=buyer, name="Bench Buyer Inc")
+    slugs, versions = {}, {}
+    for name, (payload, sample) in models.items():
+        listing = catalog_services.listing_create(
+            organization=publisher_org,
+            user=publisher,
+            name=f"Bench {name}",
+            slug=f"bench-{name}",
+            summary=f"Benchmark model {name}.",
+            domain="other",
+            task="classification",
+            tags=["bench"],
+            license="mit",
+        )
+        version, _instructions = catalog_services.version_create(
+            listing=listing,
+            user=publisher,
+            version="1.0.0",
+            artifact_size=len(payload),
+            artifact_sha256=hashlib.sha256(payload).hexdigest(),
+            sample_input=sample,
+        )
+        s3.object_upload(key=version.artifact_key, source=payload)
+        catalog_services.version_upload_complete(version=version, user=publisher)
+        version.refresh_from_db()
+        if version.status != VersionStatus.READY:
+            raise RuntimeError(f"{name}: validation ended in {version.status}: {version.status_reason}")
+        version = catalog_services.version_submit(version=version, user=publisher)
+        version_approve(version=version, actor=admin, note="benchmark")
+        plan = plan_create(
+            listing=listing, user=publisher, name="Bench free", kind="free", monthly_quota_units=PLAN_QUOTA_MAX_UNITS
+        )
+        subscription_create(organization=buyer_org, user=buyer, plan=plan, accept_license=True)
+        slugs[name], versions[name] = listing.slug, version.pk
+    _key, raw_key = api_key_create(
+        organization=buyer_org, user=buyer, name="bench", rate_limit_per_second=API_KEY_RATE_LIMIT_MAX
+    )
+    app.conf.task_always_eager = False
+    return Seeded(raw_key=raw_key, slugs=slugs, versions=versions)
+
+
+def batching_configure(*, version_id: int, max_batch_size: int, max_queue_delay_ms: float) -> None:
+    """Per-version serving settings (an operator's change; there is no publisher-facing service for them)."""
+    from catalog.models import Version
+
+    Version.objects.filter(pk=version_id).update(max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
+
+
+# --- load generators ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    label: str
+    concurrency: int
+    requests: int
+    failures: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    client_cores: float  # CPU the load generator itself used, in cores
+    rows_per_request: int = 1
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rps * self.rows_per_request
+
+
+_WRK_LUA = """
+wrk.method = "POST"
+wrk.body = %s
+wrk.headers["Content-Type"] = "application/json"
+%s
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('BENCH {"requests":%%d,"duration_us":%%d,"p50_us":%%d,"p99_us":%%d,"non2xx":%%d,' ..
+    '"socket_errors":%%d}\\n', summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def _lua_string(value: str) -> str:
+    return "[==[" + value + "]==]"
+
+
+def wrk_run(
+    *, label: str, url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float, work_dir: Path
+) -> Result:
+    header_lines = "\n".join(f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items())
+    script = work_dir / "post.lua"
+    script.write_text(_WRK_LUA % (_lua_string(body.decode()), header_lines))
+    threads = min(concurrency, 2)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    completed = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "10s", "-s",
+         str(script), url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{completed.stdout}\n{completed.stderr}")
+    data = json.loads(line[6:])
+    duration = data["duration_us"] / 1e6
+    client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Result(
+        label=label,
+        concurrency=concurrency,
+        requests=data["requests"] - data["non2xx"],
+        failures=data["non2xx"] + data["socket_errors"],
+        seconds=duration,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        client_cores=client_cpu / duration if duration else 0.0,
+    )
+
+
+def bare_run(*, label: str, session: Any, feeds: dict[str, np.ndarray], concurrency: int, seconds: float) -> Result:
+    """(a): Python threads calling ``session.run`` back to back for ``seconds``: the same closed loop as wrk's."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    stop_at = time.perf_counter() + seconds
+    barrier = threading.Barrier(concurrency + 1)
+
+    def loop(out: list[float]) -> None:
+        barrier.wait()
+        clock = time.perf_counter
+        while True:
+            started = clock()
+            if started >= stop_at:
+                return
+            session.run(None, feeds)
+            out.append(clock() - started)
+
+    threads = [threading.Thread(target=loop, args=(out,)) for out in latencies]
+    for thread in threads:
+        thread.start()
+    begin = time.perf_counter()
+    barrier.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - begin
+    every = sorted(x for out in latencies for x in out)
+    return Result(
+        label=label,
+        concurrency=concurrency,
+        requests=len(every),
+        failures=0,
+        seconds=elapsed,
+        p50_ms=statistics.median(every) * 1000,
+        p99_ms=every[min(len(every) - 1, int(len(every) * 0.99))] * 1000,
+        client_cores=0.0,
+    )
+
+
+# --- servers ------------------------------------------------------------------------------------------------
+
+
+def gunicorn_start(procs: Processes, *, env: dict[str, str], port: int, threads: int, log_dir: Path, name: str):
+    # As scripts/run.py serves the product, without the access log (a per-request write to stdout).
+    args = [PY, "-m", "gunicorn", "marketplace.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(GUNICORN_WORKERS),
+            "--threads", str(threads), "--worker-class", "gthread", "--keep-alive", "75"]  # fmt: skip
+    process = procs.start(name, args, env=env, log_dir=log_dir)
+    wait_http(f"http://127.0.0.1:{port}/v2/health/live", process=process)
+    return process
+
+
+def celery_start(procs: Processes, *, env: dict[str, str], log_dir: Path) -> subprocess.Popen:
+    from marketplace.celery import app
+
+    hostname = f"bench-inference-{os.getpid()}@{socket.gethostname()}"
+    queues = f"{env.get('INFERENCE_QUEUE', 'inference')},{env.get('INFERENCE_QUEUE', 'inference')}.broadcast"
+    args = [PY, "-m", "celery", "-A", "marketplace", "worker", "-Q", queues, "-P", "threads",
+            "-c", str(CELERY_CONCURRENCY), "-n", hostname, "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-l", "warning"]  # fmt: skip
+    process = procs.start("celery", args, env=env, log_dir=log_dir)
+    deadline = time.monotonic() + 60
+    while not app.control.ping(destination=[hostname], timeout=0.5):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"The Celery worker did not start; see {log_dir / 'celery.log'}")
+    return process
+
+
+# --- report -------------------------------------------------------------------------------------------------
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def report(results: dict[str, Result], batching: dict[str, Result], load: tuple[float, float]) -> str:
+    lines = [
+        "| path | concurrency | req/s | p50 ms | p99 ms | failed | client CPU (cores) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in results.values():
+        lines.append(
+            f"| {result.label} | {result.concurrency} | {result.rps:,.0f} | {result.p50_ms:.2f} | "
+            f"{result.p99_ms:.2f} | {result.failures} | {result.client_cores:.2f} |"
+        )
+    lines.append("")
+    b1, b32 = results.get("b1"), results.get("b32")
+    c1, c32 = results.get("c1"), results.get("c32")
+    d1, d32 = results.get("d1"), results.get("d32")
+    lines += ["| ratio | value | target |", "|---|---|---|"]
+    if b1 and c1:
+        ratio = c1.rps / b1.rps
+        lines.append(f"| (c)/(b) req/s at 1 | {ratio:.2f}× | ≥ 0.6×: {_verdict(ratio >= TARGETS['c_over_b_rps'])} |")
+    if b32 and c32:
+        ratio = c32.rps / b32.rps
+        lines.append(f"| (c)/(b) req/s at 32 | {ratio:.2f}× | ≥ 0.6×: {_verdict(ratio >= TARGETS['c_over_b_rps'])} |")
+    if b1 and c1:
+        diff = c1.p50_ms - b1.p50_ms
+        ok = diff <= TARGETS["c_minus_b_p50_ms"]
+        lines.append(f"| (c) − (b) p50 at 1 | {diff:+.2f} ms | ≤ 1 ms: {_verdict(ok)} |")
+    if b1 and d1:
+        diff = d1.p50_ms - b1.p50_ms
+        ok = diff <= TARGETS["d_minus_b_p50_ms"]
+        lines.append(f"| (d) − (b) p50 at 1 | {diff:+.2f} ms | ≤ 3 ms: {_verdict(ok)} |")
+    if d32:
+        lines.append(f"| (d) req/s at 32 | {d32.rps:,.0f} | ≥ 600: {_verdict(d32.rps >= TARGETS['d_rps_c32'])} |")
+    if b32 and d32:
+        lines.append(f"| (d)/(b) req/s at 32 | {d32.rps / b32.rps:.2f}× | |")
+    if results.get("a1") and b1:
+        lines.append(f"| (b) − (a) p50 at 1 | {b1.p50_ms - results['a1'].p50_ms:+.2f} ms | |")
+    lines.append("")
+    if batching:
+        lines += [
+            "| micro-batching (/v2, concurrency 64) | rows/s | p50 ms | p99 ms | failed | client CPU (cores) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for result in batching.values():
+            lines.append(
+                f"| {result.label} | {result.rows_per_s:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | "
+                f"{result.failures} | {result.client_cores:.2f} |"
+            )
+        for mode in ("inline", "celery"):
+            on, off = batching.get(f"{mode}-on"), batching.get(f"{mode}-off")
+            if on and off and off.rows_per_s:
+                gain = on.rows_per_s / off.rows_per_s
+                lines.append(
+                    f"\nBatching gain, {mode}: {gain:.2f}× (target ≥ 3×: {_verdict(gain >= TARGETS['batching_gain'])})"
+                )
+    lines.append(f"\nLoad average (1 min) before: {load[0]:.2f}, after: {load[1]:.2f}; {os.cpu_count()} CPUs.")
+    return "\n".join(lines)
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement (default 6)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each server's runs")
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument("--threads", type=int, default=GUNICORN_THREADS, help="gunicorn threads per worker")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d,batching")
+    args = parser.parse_args()
+    skip = {part.strip() for part in args.skip.split(",") if part.strip()}
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk")
+    duration = max(1, int(round(args.duration)))
+    warmup = max(1, int(round(args.warmup)))
+
+    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    procs = Processes()
+    seaweed = None
+    load_before = os.getloadavg()[0]
+    results: dict[str, Result] = {}
+    batching: dict[str, Result] = {}
+    try:
+        # Object storage.
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import seaweedfs  # scripts/seaweedfs.py
+
+        seaweed = seaweedfs.SeaweedFS(
+            data_dir=work / "seaweedfs",
+            access_key=seaweedfs.DEFAULT_ACCESS_KEY,
+            secret_key=seaweedfs.DEFAULT_SECRET_KEY,
+            volume_size_limit_mb=256,
+            log=(work / "seaweedfs.log").open("wb"),
+        )
+        endpoint = seaweed.start()
+        tiny = mlp_bytes(TINY_SIZES)
+        big = mlp_bytes(BATCH_SIZES)
+        tiny_body, tiny_sample = request_body(TINY_SIZES[0])
+        big_body, big_sample = request_body(BATCH_SIZES[0], seed=2)
+        model_path = work / "tiny.onnx"
+        model_path.write_bytes(tiny)
+        env = dict(os.environ)
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "bench.settings",
+                "DEBUG": "0",
+                "DATABASE_URL": args.database_url,
+                "CELERY_BROKER_URL": args.redis_url,
+                "CELERY_RESULT_BACKEND": args.redis_url,
+                "INFERENCE_REDIS_URL": args.redis_url,
+                "S3_ENDPOINT_URL": endpoint,
+                "S3_BUCKET": "bench-inference",
+                "S3_ACCESS_KEY_ID": seaweedfs.DEFAULT_ACCESS_KEY,
+                "S3_SECRET_ACCESS_KEY": seaweedfs.DEFAULT_SECRET_KEY,
+                "MODEL_CACHE_DIR": str(work / "model-cache"),
+                "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
+                "VALIDATION_WORK_DIR": str(work / "validation"),
+                "BENCH_MODEL_PATH": str(model_path),
+                "PYTHONUNBUFFERED": "1",
+                "EMAIL_URL": "dummymail://",  # the publish notifications go nowhere
+            }
+        )
+        for folder in ("model-cache", "prometheus", "validation"):
+            (work / folder).mkdir()
+        os.environ.update(env)
+        log(f"recreating {args.database_url.rsplit('/', 1)[1]} and migrating")
+        database_recreate(args.database_url)
+        subprocess.run([PY, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
+        redis_cleanup(args.redis_url)
+
+        import django
+
+        django.setup()
+        log("seeding listings, plans, a subscription and a key through the services (validation included)")
+        seeded = seed({"tiny": (tiny, tiny_sample), "batched": (big, big_sample), "unbatched": (big, big_sample)})
+        batching_configure(version_id=seeded.versions["batched"], max_batch_size=32, max_queue_delay_ms=2.0)
+        batching_configure(version_id=seeded.versions["unbatched"], max_batch_size=1, max_queue_delay_ms=0.0)
+        auth = {"Authorization": f"Bearer {seeded.raw_key}"}
+
+        if "a" not in skip:
+            from inference import runtime
+
+            session = runtime.session_create(model_bytes_or_path=str(model_path)).session
+            feeds = {"x": np.asarray(json.loads(tiny_body)["inputs"][0]["data"], dtype=np.float32)}
+            bare_run(label="warm-up", session=session, feeds=feeds, concurrency=1, seconds=0.5)
+            for c in (1, 32):
+                log(f"(a) bare session.run, {c} threads")
+                results[f"a{c}"] = bare_run(
+                    label="(a) session.run in process", session=session, feeds=feeds, concurrency=c, seconds=duration
+                )
+
+        def http(label: str, url: str, body: bytes, headers: dict[str, str], c: int, seconds: int) -> Result:
+            return wrk_run(
+                label=label, url=url, body=body, headers=headers, concurrency=c, seconds=seconds, work_dir=work
+            )
+
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        tiny_url = f"{base}/v2/models/{seeded.slugs['tiny']}/infer"
+        if not {"b", "c", "batching"} <= skip:
+            log(f"gunicorn inline: {GUNICORN_WORKERS} workers × {args.threads} threads")
+            web = gunicorn_start(
+                procs, env={**env, "INFERENCE_DISPATCH": "inline"}, port=port, threads=args.threads,
+                log_dir=work, name="web-inline",
+            )  # fmt: skip
+            if "b" not in skip:
+                http("warm-up", f"{base}/bench/session-run", tiny_body, {}, 32, warmup)
+                for c in (1, 32):
+                    log(f"(b) minimal view, concurrency {c}")
+                    results[f"b{c}"] = http(
+                        "(b) minimal Django view", f"{base}/bench/session-run", tiny_body, {}, c, duration
+                    )
+            if "c" not in skip:
+                http("warm-up", tiny_url, tiny_body, auth, 32, warmup)
+                for c in (1, 32):
+                    log(f"(c) /v2 inline, concurrency {c}")
+                    results[f"c{c}"] = http("(c) /v2 metered, inline", tiny_url, tiny_body, auth, c, duration)
+            if "batching" not in skip:
+                for name, state in (("batched", "on"), ("unbatched", "off")):
+                    url = f"{base}/v2/models/{seeded.slugs[name]}/infer"
+                    http("warm-up", url, big_body, auth, 64, warmup)
+                    log(f"batching {state}, inline, concurrency 64")
+                    batching[f"inline-{state}"] = http(
+                        f"inline, batching {state} (max_batch_size {32 if state == 'on' else 1})",
+                        url, big_body, auth, 64, duration,
+                    )  # fmt: skip
+            procs.stop(web)
+
+        if "d" not in skip or "batching" not in skip:
+            log(f"Celery worker (-P threads -c {CELERY_CONCURRENCY}) and gunicorn in celery mode")
+            celery_env = {**env, "INFERENCE_DISPATCH": "celery"}
+            worker = celery_start(procs, env=celery_env, log_dir=work)
+            web = gunicorn_start(
+                procs, env=celery_env, port=port, threads=args.threads, log_dir=work, name="web-celery"
+            )
+            if "d" not in skip:
+                http("warm-up", tiny_url, tiny_body, auth, 32, warmup)
+                for c in (1, 32):
+                    log(f"(d) /v2 celery, concurrency {c}")
+                    results[f"d{c}"] = http("(d) /v2 metered, celery", tiny_url, tiny_body, auth, c, duration)
+            if "batching" not in skip:
+                for name, state in (("batched", "on"), ("unbatched", "off")):
+                    url = f"{base}/v2/models/{seeded.slugs[name]}/infer"
+                    http("warm-up", url, big_body, auth, 64, warmup)
+                    log(f"batching {state}, celery, concurrency 64")
+                    batching[f"celery-{state}"] = http(
+                        f"celery, batching {state} (max_batch_size {32 if state == 'on' else 1})",
+                        url, big_body, auth, 64, duration,
+                    )  # fmt: skip
+            procs.stop(web)
+            procs.stop(worker)
+
+        order = ["a1", "a32", "b1", "b32", "c1", "c32", "d1", "d32"]
+        results = {k: results[k] for k in order if k in results}
+        print()
+        print(report(results, batching, (load_before, os.getloadavg()[0])))
+        return 0
+    finally:
+        procs.stop_all()
+        if seaweed is not None:
+            seaweed.stop()
+        try:
+            redis_cleanup(args.redis_url)
+        except Exception as exc:  # Redis gone: nothing to clean
+            log(f"Redis cleanup skipped: {exc}")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
