@@ -171,6 +171,29 @@ def wait_http(url: str, *, process: subprocess.Popen, timeout: float = 60.0) -> 
         time.sleep(0.2)
 
 
+def tree_cpu_seconds(roots: set[int]) -> float:
+    """User + system CPU of the processes ``roots`` and all their descendants (from /proc; Linux only)."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    ticks = 0
+    for pid, (_parent, cpu) in table.items():
+        ancestor = pid
+        while ancestor in table:
+            if ancestor in roots:
+                ticks += cpu
+                break
+            ancestor = table[ancestor][0]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def database_recreate(url: str) -> None:
     import psycopg
 
@@ -286,6 +309,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     client_cores: float  # CPU the load generator itself used, in cores
+    server_cpu_ms: float = 0.0  # CPU of the serving processes (gunicorn, and the Celery worker) per request
     rows_per_request: int = 1
 
     @property
@@ -316,34 +340,46 @@ def _lua_string(value: str) -> str:
 
 
 def wrk_run(
-    *, label: str, url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float, work_dir: Path
+    *,
+    label: str,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    work_dir: Path,
+    servers: set[int],
 ) -> Result:
-    header_lines = "\n".join(f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items())
+    header_lines = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
     script = work_dir / "post.lua"
     script.write_text(_WRK_LUA % (_lua_string(body.decode()), header_lines))
     threads = min(concurrency, 2)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = tree_cpu_seconds(servers)
     completed = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "10s", "-s",
          str(script), url],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu = tree_cpu_seconds(servers) - server_before
     line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{completed.stdout}\n{completed.stderr}")
     data = json.loads(line[6:])
     duration = data["duration_us"] / 1e6
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    answered = data["requests"]
     return Result(
         label=label,
         concurrency=concurrency,
-        requests=data["requests"] - data["non2xx"],
+        requests=answered - data["non2xx"],
         failures=data["non2xx"] + data["socket_errors"],
         seconds=duration,
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
         client_cores=client_cpu / duration if duration else 0.0,
+        server_cpu_ms=server_cpu * 1000 / answered if answered else 0.0,
     )
 
 
@@ -421,13 +457,14 @@ def _verdict(ok: bool) -> str:
 
 def report(results: dict[str, Result], batching: dict[str, Result], load: tuple[float, float]) -> str:
     lines = [
-        "| path | concurrency | req/s | p50 ms | p99 ms | failed | client CPU (cores) |",
-        "|---|---|---|---|---|---|---|",
+        "| path | concurrency | req/s | p50 ms | p99 ms | failed | server CPU ms/req | client CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for result in results.values():
+        server = f"{result.server_cpu_ms:.2f}" if result.server_cpu_ms else "—"
         lines.append(
-            f"| {result.label} | {result.concurrency} | {result.rps:,.0f} | {result.p50_ms:.2f} | "
-            f"{result.p99_ms:.2f} | {result.failures} | {result.client_cores:.2f} |"
+            f"| {result.label} | {result.concurrency} | {result.rps:,.0f} | {result.p50_ms:.3f} | "
+            f"{result.p99_ms:.3f} | {result.failures} | {server} | {result.client_cores:.2f} |"
         )
     lines.append("")
     b1, b32 = results.get("b1"), results.get("b32")
@@ -457,13 +494,13 @@ def report(results: dict[str, Result], batching: dict[str, Result], load: tuple[
     lines.append("")
     if batching:
         lines += [
-            "| micro-batching (/v2, concurrency 64) | rows/s | p50 ms | p99 ms | failed | client CPU (cores) |",
+            "| micro-batching (/v2, concurrency 64) | rows/s | p50 ms | p99 ms | failed | server CPU ms/row |",
             "|---|---|---|---|---|---|",
         ]
         for result in batching.values():
             lines.append(
                 f"| {result.label} | {result.rows_per_s:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | "
-                f"{result.failures} | {result.client_cores:.2f} |"
+                f"{result.failures} | {result.server_cpu_ms:.2f} |"
             )
         for mode in ("inline", "celery"):
             on, off = batching.get(f"{mode}-on"), batching.get(f"{mode}-off")
@@ -569,10 +606,23 @@ def main() -> int:
                     label="(a) session.run in process", session=session, feeds=feeds, concurrency=c, seconds=duration
                 )
 
+        servers: set[int] = set()
+        served = {"v2": 0}
+
         def http(label: str, url: str, body: bytes, headers: dict[str, str], c: int, seconds: int) -> Result:
-            return wrk_run(
-                label=label, url=url, body=body, headers=headers, concurrency=c, seconds=seconds, work_dir=work
+            result = wrk_run(
+                label=label,
+                url=url,
+                body=body,
+                headers=headers,
+                concurrency=c,
+                seconds=seconds,
+                work_dir=work,
+                servers=servers,
             )
+            if "/v2/" in url:
+                served["v2"] += result.requests
+            return result
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -583,6 +633,7 @@ def main() -> int:
                 procs, env={**env, "INFERENCE_DISPATCH": "inline"}, port=port, threads=args.threads,
                 log_dir=work, name="web-inline",
             )  # fmt: skip
+            servers = {web.pid}
             if "b" not in skip:
                 http("warm-up", f"{base}/bench/session-run", tiny_body, {}, 32, warmup)
                 for c in (1, 32):
@@ -613,6 +664,7 @@ def main() -> int:
             web = gunicorn_start(
                 procs, env=celery_env, port=port, threads=args.threads, log_dir=work, name="web-celery"
             )
+            servers = {web.pid, worker.pid}
             if "d" not in skip:
                 http("warm-up", tiny_url, tiny_body, auth, 32, warmup)
                 for c in (1, 32):
@@ -630,6 +682,18 @@ def main() -> int:
             procs.stop(web)
             procs.stop(worker)
 
+        # Exactly one usage record per successful call: the buffer is flushed to PostgreSQL and counted. wrk counts
+        # the responses it read before its timer stopped; calls still in flight then finish and are recorded too.
+        from inference.models import UsageRecord
+        from inference.services import usage_flush
+
+        flushed_at = time.perf_counter()
+        usage_flush(wait_s=10)  # drains the whole buffer
+        records = UsageRecord.objects.count()
+        log(
+            f"ledger: {records:,} usage records for {served['v2']:,} successful /v2 responses counted by wrk "
+            f"(flushed in {time.perf_counter() - flushed_at:.1f} s)"
+        )
         order = ["a1", "a32", "b1", "b32", "c1", "c32", "d1", "d32"]
         results = {k: results[k] for k in order if k in results}
         print()

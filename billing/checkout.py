@@ -321,7 +321,11 @@ def checkout_local_pay(
     if session is None:
         raise NotFound("No such checkout.")
     services._require_manager(
-        user=user, organization_id=session.organization_id, organization_name=session.organization.name, action="pay"
+        user=user,
+        organization_id=session.organization_id,
+        organization_name=session.organization.name,
+        action="pay",
+        missing="No such checkout.",
     )
     if session.status == CheckoutStatus.COMPLETE:
         return session

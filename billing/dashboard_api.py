@@ -49,7 +49,7 @@ def _organization(request: Request, slug: str) -> Organization:
     return organization
 
 
-def _statuses(organization: Organization) -> list[dict[str, Any]]:
+def _statuses(organization: Organization) -> Any:
     return SpendCapOutput(spend_caps.spend_cap_statuses(organization=organization), many=True).data
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -78,7 +79,7 @@ def chart_build(
     title: str,
     kind: str,
     labels: list[str],
-    series: list[tuple[str, list[float | int | Decimal]]],
+    series: Sequence[tuple[str, Sequence[float | int | Decimal]]],
     fmt: str = "int",
     currency: str = "usd",
     label_format: str = "",
@@ -427,9 +428,9 @@ def version_health(*, organization: Organization, since: datetime) -> list[dict[
                 "p95_ms": None,
                 "validation_p50_ms": None,
             }
-    for row in rows.values():
-        attempts = row["calls"] + row["errors"]
-        row["error_rate"] = (row["errors"] * 100 / attempts) if attempts else 0.0
+    for health in rows.values():
+        attempts = health["calls"] + health["errors"]
+        health["error_rate"] = (health["errors"] * 100 / attempts) if attempts else 0.0
     return sorted(rows.values(), key=lambda r: (r["listing_name"], r["version"]))
 
 
@@ -470,8 +471,8 @@ def publisher_dashboard(*, organization: Organization, now: datetime | None = No
         .order_by()
     )
     paid_out: dict[str, dict[date, int]] = defaultdict(lambda: defaultdict(int))
-    for row in payout_rows:
-        paid_out[row["currency"]][_as_date(row["month"])] += int(row["amount"] or 0)
+    for payout in payout_rows:
+        paid_out[payout["currency"]][_as_date(payout["month"])] += int(payout["amount"] or 0)
     labels = dict(PayoutStatus.choices)
     payout_totals = [
         {

@@ -41,7 +41,7 @@ class PlanCreateForm(forms.Form):
         **PRICE_FIELD_KWARGS,
     )
     currency = forms.ChoiceField(
-        label="Currency", choices=[(c, c.upper()) for c in pricing.PLAN_CURRENCIES], initial="usd"
+        label="Currency", choices=[(c, c.upper()) for c in pricing.PLAN_CURRENCIES], initial="usd", required=False
     )
     trial_days = forms.IntegerField(label="Free trial (days)", required=False, min_value=0, max_value=90)
 

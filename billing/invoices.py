@@ -7,8 +7,9 @@ Local backend. A period's monthly fee is charged once: in advance when checkout 
 ``[period_start, period_end)``, charged as Stripe would: included units free and the rest at the
 overage price (flat plans), or every unit at the unit price (metered), rounded once on the total. Each
 line carries its publisher and the platform fee / publisher share (``pricing.fee_split``). A local
-invoice is paid at once (the test card) and its payouts follow on commit. Both are idempotent: one
-invoice per subscription, period start and kind (constraint ``invoice_local_once``).
+invoice is paid at once (the test card) and its payouts follow on commit. A plan change mid-period is
+invoiced at once, prorated (:func:`invoice_proration_add`). All are idempotent: one invoice per
+subscription, period start and kind (``billing_reason``; constraint ``invoice_local_once``).
 
 Stripe backend. :func:`invoice_from_stripe` mirrors a Stripe invoice (``invoice.paid``, or any other
 invoice event): lines by price id → plan → listing and publisher, amounts from Stripe. Once per Stripe
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 LOCAL = "local"
 PERIOD_OPEN = "period_open"
 PERIOD_CLOSE = "period_close"
+PRORATION = "proration"
 # A status only moves forward: an older event never reopens a paid or voided invoice.
 STATUS_RANK = {
     InvoiceStatus.DRAFT: 0,
@@ -164,9 +166,10 @@ def _payouts_on_commit(*, invoice: Invoice) -> None:
 
 def _flat_line(*, plan: Plan, period_start: datetime, period_end: datetime) -> dict[str, Any]:
     fee = pricing.money_format(plan.monthly_price_cents, plan.currency)
+    period = _period_text(period_start, period_end)
     return {
         "kind": InvoiceLineKind.FLAT,
-        "description": f"{plan.listing.name} · {plan.name}: monthly fee {fee} ({_period_text(period_start, period_end)})",
+        "description": f"{plan.listing.name} · {plan.name}: monthly fee {fee} ({period})",
         "units": 0,
         "amount_cents": plan.monthly_price_cents,
     }
@@ -192,10 +195,10 @@ def invoice_period_open(*, subscription: Subscription, period_start: datetime, p
 
 
 @transaction.atomic
-def invoice_period_close(*, subscription: Subscription, period_start: datetime, period_end: datetime) -> Invoice:
+def invoice_period_close(*, subscription: Subscription, period_start: datetime, period_end: datetime) -> Invoice | None:
     """Local backend: invoice the ended period ``[period_start, period_end)`` under the subscription's plan:
     the monthly fee (unless invoiced in advance, or in a trial), then the usage beyond the included units
-    (flat: overage) or all of it (metered). Free plans get a zero invoice. Once per period.
+    (flat: overage) or all of it (metered). Free plans have nothing to invoice (None). Once per period.
 
     Call it before the subscription moves to its next period or plan: it prices with ``subscription.plan``.
     """
@@ -206,42 +209,71 @@ def invoice_period_close(*, subscription: Subscription, period_start: datetime, 
     if existing is not None:
         return existing
     plan = subscription.plan
+    if plan.kind == PlanKind.FREE:
+        return None
     units = period_units(subscription_id=subscription.pk, period_start=period_start, period_end=period_end)
     lines: list[dict[str, Any]] = []
-    if plan.kind != PlanKind.FREE:
-        fee_invoiced = (
-            _local_invoice_get(subscription=subscription, period_start=period_start, reason=PERIOD_OPEN) is not None
+    fee_invoiced = _local_invoice_get(subscription=subscription, period_start=period_start, reason=PERIOD_OPEN)
+    in_trial = _in_trial(subscription=subscription, period_end=period_end)
+    if plan.monthly_price_cents > 0 and fee_invoiced is None and not in_trial:
+        lines.append(_flat_line(plan=plan, period_start=period_start, period_end=period_end))
+    charged_units = pricing.billable_units(plan=plan, units=units)
+    amount = pricing.usage_charge_minor(plan=plan, units=units)
+    price = pricing.money_format(plan.price_per_1000_units_cents, plan.currency)
+    if plan.kind == PlanKind.FLAT and charged_units > 0 and amount > 0:
+        included = f"{plan.monthly_quota_units or 0:,}"
+        lines.append(
+            {
+                "kind": InvoiceLineKind.OVERAGE,
+                "description": (
+                    f"{plan.listing.name} · {plan.name}: {charged_units:,} units over the {included} included, "
+                    f"at {price} per 1,000"
+                ),
+                "units": charged_units,
+                "amount_cents": amount,
+            }
         )
-        if plan.monthly_price_cents > 0 and not fee_invoiced and not _in_trial(
-            subscription=subscription, period_end=period_end
-        ):
-            lines.append(_flat_line(plan=plan, period_start=period_start, period_end=period_end))
-        charged_units = pricing.billable_units(plan=plan, units=units)
-        amount = pricing.usage_charge_minor(plan=plan, units=units)
-        price = pricing.money_format(plan.price_per_1000_units_cents, plan.currency)
-        if plan.kind == PlanKind.FLAT and charged_units > 0 and amount > 0:
-            lines.append(
-                {
-                    "kind": InvoiceLineKind.OVERAGE,
-                    "description": (
-                        f"{plan.listing.name} · {plan.name}: {charged_units:,} units over the "
-                        f"{plan.monthly_quota_units or 0:,} included, at {price} per 1,000"
-                    ),
-                    "units": charged_units,
-                    "amount_cents": amount,
-                }
-            )
-        elif plan.kind == PlanKind.METERED and units > 0:
-            lines.append(
-                {
-                    "kind": InvoiceLineKind.METERED,
-                    "description": f"{plan.listing.name} · {plan.name}: {units:,} units at {price} per 1,000",
-                    "units": units,
-                    "amount_cents": amount,
-                }
-            )
+    elif plan.kind == PlanKind.METERED and units > 0:
+        lines.append(
+            {
+                "kind": InvoiceLineKind.METERED,
+                "description": f"{plan.listing.name} · {plan.name}: {units:,} units at {price} per 1,000",
+                "units": units,
+                "amount_cents": amount,
+            }
+        )
     return _local_invoice_create(
         subscription=subscription, period_start=period_start, period_end=period_end, reason=PERIOD_CLOSE, lines=lines
+    )
+
+
+@transaction.atomic
+def invoice_proration_add(
+    *, subscription: Subscription, old_plan: Plan, new_plan: Plan, amount_cents: int, at: datetime
+) -> Invoice | None:
+    """Local backend: invoice a mid-period plan change at once, as Stripe prorates: ``amount_cents``
+    (``pricing.proration_minor``: the new fee's share of the rest of the period less the old one's; a
+    credit when negative) on one line of the new plan. Once per subscription and moment ``at``."""
+    subscription = Subscription.objects.select_for_update().select_related("plan__listing").get(pk=subscription.pk)
+    if not amount_cents or _in_trial(subscription=subscription, period_end=subscription.current_period_end):
+        return None
+    existing = _local_invoice_get(subscription=subscription, period_start=at, reason=PRORATION)
+    if existing is not None:
+        return existing
+    # Lines carry the plan the fee belongs to: the new one (the subscription may not have switched yet).
+    subscription.plan = Plan.objects.select_related("listing").get(pk=new_plan.pk)
+    period_end = subscription.current_period_end
+    line = {
+        "kind": InvoiceLineKind.FLAT,
+        "description": (
+            f"{new_plan.listing.name}: {old_plan.name} → {new_plan.name}, the monthly fee prorated for "
+            f"{_period_text(at, period_end)}"
+        ),
+        "units": 0,
+        "amount_cents": amount_cents,
+    }
+    return _local_invoice_create(
+        subscription=subscription, period_start=at, period_end=period_end, reason=PRORATION, lines=[line]
     )
 
 
@@ -300,7 +332,9 @@ def _stripe_lines(*, invoice: Invoice, stripe_invoice: dict[str, Any], subscript
         price_id = payments.invoice_line_price_id(line)
         plan = plans.get(price_id or "")
         if plan is None:
-            logger.warning("Stripe invoice %s: line %s has no plan (price %s)", invoice.stripe_invoice_id, line.get("id"), price_id)
+            logger.warning(
+                "Stripe invoice %s: line %s has no plan (price %s)", invoice.stripe_invoice_id, line.get("id"), price_id
+            )
             continue
         if price_id == plan.stripe_price_id:
             kind, units = InvoiceLineKind.FLAT, 0
@@ -353,7 +387,9 @@ def invoice_from_stripe(*, stripe_invoice: dict[str, Any], event_created: int | 
         if invoice is None:
             subscription_id = payments.invoice_subscription_id(stripe_invoice)
             subscription = (
-                Subscription.objects.select_related("organization").filter(stripe_subscription_id=subscription_id).first()
+                Subscription.objects.select_related("organization")
+                .filter(stripe_subscription_id=subscription_id)
+                .first()
                 if subscription_id
                 else None
             )

@@ -1,14 +1,15 @@
 """Usage → Stripe Billing meters, through an outbox.
 
-The usage flush writes one ``MeterReport`` per usage record of a Stripe-billed paid subscription in the
-same transaction as the record (:func:`meter_reports_create`), so a record is never stored without its
-report. A periodic task (:func:`meter_reports_send`) sends due reports as meter events and marks them
-sent. The event identifier is the usage record's request id: a report sent twice (a crash after Stripe
-accepted it, before we marked it sent) is refused by Stripe as a duplicate within its 24-hour identifier
-window and counted once, which we treat as sent. While Stripe is unavailable (429, 5xx, unreachable)
-reports stay pending with an exponential backoff: nothing is lost. Reports outside Stripe's time window
-for meter events (more than 35 days old, or more than 5 minutes ahead) or refused for another reason are
-marked failed with the reason, never dropped: reconciliation lists them.
+The usage flush writes one ``MeterReport`` per usage record of a Stripe-billed subscription whose plan
+prices usage (a metered price), in the same transaction as the record (:func:`meter_reports_create`):
+a record is never stored without its report. A periodic task (:func:`meter_reports_send`) sends due
+reports as meter events and marks them sent. The event identifier is the usage record's request id: a
+report sent twice (a crash after Stripe accepted it, before we marked it sent) is refused by Stripe as a
+duplicate within its 24-hour identifier window and counted once, which we treat as sent. While Stripe
+is unavailable (429, 5xx, unreachable) reports stay pending with an exponential backoff: nothing is
+lost. Reports outside Stripe's time window for meter events (more than 35 days old, or more than 5
+minutes ahead) or refused for another reason are marked failed with the reason, never dropped:
+reconciliation lists them.
 """
 
 from __future__ import annotations
@@ -59,12 +60,15 @@ def meter_retry_delay(*, attempts: int) -> timedelta:
 
 def metered_subscriptions() -> QuerySet[Subscription]:
     """Subscriptions whose usage goes to Stripe meters: paid plans billed by Stripe (a Stripe
-    subscription) for a customer with a Stripe customer id."""
+    subscription) for a customer with a Stripe customer id, whose plan prices usage at Stripe (a metered
+    price: metered plans, and flat plans with an overage price). A flat plan without overage has nothing
+    to meter."""
     return (
         Subscription.objects.exclude(plan__kind=PlanKind.FREE)
         .filter(stripe_subscription_id__isnull=False, organization__billing__stripe_customer_id__isnull=False)
         .exclude(stripe_subscription_id="")
         .exclude(organization__billing__stripe_customer_id="")
+        .exclude(plan__stripe_metered_price_id="")
     )
 
 
@@ -73,7 +77,7 @@ def metered_subscription_customers(*, subscription_ids: Sequence[int] | None = N
     qs = metered_subscriptions()
     if subscription_ids is not None:
         qs = qs.filter(pk__in=set(subscription_ids))
-    return dict(qs.values_list("pk", "organization__billing__stripe_customer_id"))
+    return {pk: customer or "" for pk, customer in qs.values_list("pk", "organization__billing__stripe_customer_id")}
 
 
 def meter_reports_create(*, usage_records: Sequence[UsageRecord]) -> int:

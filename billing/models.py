@@ -248,8 +248,8 @@ class Invoice(models.Model):
     currency = models.CharField(max_length=3, default="usd")
     total_cents = models.BigIntegerField(default=0)
     platform_fee_cents = models.BigIntegerField(default=0)
-    # Local: "period_open" (the period's fees, in advance) or "period_close" (the period's usage, and its
-    # fees unless invoiced in advance). Stripe: its billing_reason (subscription_create, subscription_cycle, ...).
+    # Local: "period_open" (the period's fee, in advance), "period_close" (the period's usage, and its fee
+    # unless invoiced in advance) or "proration" (a plan change mid-period). Stripe: its billing_reason.
     billing_reason = models.CharField(max_length=30, blank=True)
     stripe_invoice_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
     stripe_synced_at = models.DateTimeField(null=True, blank=True)

@@ -68,9 +68,12 @@ def payouts(request: HttpRequest) -> HttpResponse:
         "account": account,
         "payouts": [
             {"payout": payout, "amount": money_format(payout.amount_cents, payout.currency)}
-            for payout in (payout_services.payout_list_for_publisher(organization=organization)[:100] if organization else [])
+            for payout in (
+                payout_services.payout_list_for_publisher(organization=organization)[:100] if organization else []
+            )
         ],
-        "can_manage": organization is not None and user_can_manage(user=cast(User, request.user), organization=organization),
+        "can_manage": organization is not None
+        and user_can_manage(user=cast(User, request.user), organization=organization),
     }
     return render(request, "billing/payouts.html", context)
 

@@ -12,6 +12,7 @@ A payout waits (``blocked``) while the publisher's account cannot receive payout
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -133,17 +134,20 @@ def publisher_account_refresh(*, organization: Organization) -> PublisherAccount
     if account is None or not account.stripe_account_id or _backend() != "stripe":
         return account
     stripe_account = payments.account_retrieve(account=account.stripe_account_id)
-    return publisher_account_sync(stripe_account=stripe_account, event_created=int(timezone.now().timestamp()))
+    return publisher_account_sync(stripe_account=stripe_account, event_created=None)
 
 
-def publisher_account_sync(*, stripe_account: dict[str, Any], event_created: int) -> PublisherAccount | None:
-    """Apply an ``account.updated`` (or a fetched account) to the publisher's account row.
+def publisher_account_sync(
+    *, stripe_account: dict[str, Any], event_created: int | None = None
+) -> PublisherAccount | None:
+    """Apply an ``account.updated`` event's account (or, ``event_created`` None, one just read from
+    Stripe) to the publisher's account row.
 
-    Order-safe: an event older than the last one applied changes nothing; for one from the same second
-    (order unknown) the account is fetched from Stripe. When payouts become possible, the publisher's
-    waiting payouts are sent (on commit). Unknown accounts are ignored (None).
+    Order-safe without trusting the event's copy: an event older than the newest one applied changes
+    nothing; for any other the account is read from Stripe now, so an event delivered late can never
+    bring back an older state. Only event times move the mark (our clock is not Stripe's). When payouts
+    become possible the publisher's waiting payouts are sent (on commit). Unknown accounts: None.
     """
-    created = datetime.fromtimestamp(int(event_created), tz=UTC)
     with transaction.atomic():
         account = (
             PublisherAccount.objects.select_for_update()
@@ -154,16 +158,16 @@ def publisher_account_sync(*, stripe_account: dict[str, Any], event_created: int
         if account is None:
             logger.info("account.updated for unknown Connect account %s ignored", stripe_account.get("id"))
             return None
-        if account.stripe_synced_at is not None:
-            if created < account.stripe_synced_at:
+        if event_created is not None:
+            created = datetime.fromtimestamp(int(event_created), tz=UTC)
+            if account.stripe_synced_at is not None and created < account.stripe_synced_at:
                 return account
-            if created == account.stripe_synced_at:
-                stripe_account = payments.account_retrieve(account=account.stripe_account_id or "")
+            stripe_account = payments.account_retrieve(account=account.stripe_account_id or "")
+            account.stripe_synced_at = created
         before = (account.charges_enabled, account.payouts_enabled, account.details_submitted)
         account.charges_enabled = bool(stripe_account.get("charges_enabled"))
         account.payouts_enabled = bool(stripe_account.get("payouts_enabled"))
         account.details_submitted = bool(stripe_account.get("details_submitted"))
-        account.stripe_synced_at = created
         account.save(update_fields=["charges_enabled", "payouts_enabled", "details_submitted", "stripe_synced_at"])
         after = (account.charges_enabled, account.payouts_enabled, account.details_submitted)
         if after != before:
@@ -223,13 +227,17 @@ def payouts_for_invoice(*, invoice_id: int) -> list[Payout]:
             audit_log_write(
                 action=AuditAction.PAYOUT_CREATED,
                 organization=payout.publisher,
-                data={"payout_id": payout.pk, "invoice_id": invoice.pk, "amount_cents": total, "currency": payout.currency},
+                data={
+                    "payout_id": payout.pk,
+                    "invoice_id": invoice.pk,
+                    "amount_cents": total,
+                    "currency": payout.currency,
+                },
             )
         payouts = list(Payout.objects.filter(invoice=invoice).order_by("publisher_id"))
-        for payout in payouts:
-            if payout.status in (PayoutStatus.PENDING, PayoutStatus.BLOCKED):
-                payout_id = payout.pk
-                transaction.on_commit(lambda payout_id=payout_id: payout_send_task.delay(payout_id=payout_id))
+        waiting = [p.pk for p in payouts if p.status in (PayoutStatus.PENDING, PayoutStatus.BLOCKED)]
+        for payout_id in waiting:
+            transaction.on_commit(functools.partial(payout_send_task.delay, payout_id=payout_id))
     return payouts
 
 
@@ -244,11 +252,12 @@ def _transfer_find(*, payout: Payout) -> dict[str, Any] | None:
 def _payout_mark(*, payout: Payout, status: str, error: str = "") -> None:
     payout.status = status
     payout.last_error = error[:2000]
-    action = {
+    actions: dict[str, str] = {
         PayoutStatus.PAID: AuditAction.PAYOUT_PAID,
         PayoutStatus.BLOCKED: AuditAction.PAYOUT_BLOCKED,
         PayoutStatus.FAILED: AuditAction.PAYOUT_FAILED,
-    }.get(status)
+    }
+    action = actions.get(status)
     if action is not None:
         audit_log_write(
             action=action,

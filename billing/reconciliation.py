@@ -86,7 +86,7 @@ def reconciliation_run(
         )
     )
     differences: list[dict[str, Any]] = []
-    totals = Counter()
+    totals: Counter[str] = Counter()
     seen: set[str] = set()
     for pk, request_id, units, report_id, status, value, customer, attempts, last_error in records.iterator():
         identifier = meter_event_identifier(request_id=request_id)
@@ -112,12 +112,12 @@ def reconciliation_run(
             )
         if acknowledged is None:
             continue
-        event = acknowledged.get(identifier)
-        if event is None:
+        acknowledged_event = acknowledged.get(identifier)
+        if acknowledged_event is None:
             differences.append({**base, "kind": NOT_ACKNOWLEDGED, "detail": "Marked sent; Stripe has no such event."})
             continue
         totals["acknowledged_records"] += 1
-        payload = event.get("payload") or {}
+        payload = acknowledged_event.get("payload") or {}
         stripe_value = _decimal(payload.get("value"))
         if stripe_value != Decimal(value) or payload.get("stripe_customer_id") != customer:
             differences.append(

@@ -245,9 +245,8 @@ def subscriptions_decorate_for_page(*, subscriptions: list[Subscription]) -> lis
         for plan in plans_by_listing.get(subscription.listing_id, []):
             if plan.pk == subscription.plan_id:
                 continue
-            plan.change = (
-                "upgrade" if plan_change_is_upgrade(old_plan=subscription.plan, new_plan=plan) else "downgrade"
-            )  # type: ignore[attr-defined]
+            upgrade = plan_change_is_upgrade(old_plan=subscription.plan, new_plan=plan)
+            plan.change = "upgrade" if upgrade else "downgrade"  # type: ignore[attr-defined]
             choices.append(plan)
         subscription.plan_choices = choices  # type: ignore[attr-defined]
     return subscriptions

@@ -81,10 +81,12 @@ def _role(*, user: User, organization_id: int) -> str | None:
     return Membership.objects.filter(user=user, organization_id=organization_id).values_list("role", flat=True).first()
 
 
-def _require_manager(*, user: User, organization_id: int, organization_name: str, action: str) -> None:
+def _require_manager(
+    *, user: User, organization_id: int, organization_name: str, action: str, missing: str = "No such subscription."
+) -> None:
     role = _role(user=user, organization_id=organization_id)
     if role is None:
-        raise NotFound("No such subscription." if action != "subscribe" else "No such organization.")
+        raise NotFound("No such organization." if action == "subscribe" else missing)
     if role not in MANAGER_ROLES:
         raise Forbidden(f"Only owners and admins of {organization_name} can {action}.", code="not_a_manager")
 
@@ -292,6 +294,17 @@ def plan_price_change(
         },
     )
     return new
+
+
+def plan_successor(*, plan: Plan) -> Plan | None:
+    """The active newest version that replaced ``plan`` through price changes, if any."""
+    current, hops = plan, 0
+    while hops < 100:
+        newer = Plan.objects.filter(previous=current).order_by("-version", "-pk").first()
+        if newer is None:
+            break
+        current, hops = newer, hops + 1
+    return current if current.pk != plan.pk and current.is_active else None
 
 
 @transaction.atomic
@@ -536,6 +549,8 @@ def subscription_provision(
     checked the rules). A live free subscription to the listing ends now: the paid one replaces it."""
     listing = plan.listing
     now = timezone.now()
+    # A checkout started before a price change pays the old version; it moves to the new one at renewal.
+    successor = None if plan.is_active else plan_successor(plan=plan)
     replaced = list(
         Subscription.objects.select_for_update()
         .filter(organization=organization, listing=listing, status__in=LIVE_STATUSES, plan__kind=PlanKind.FREE)
@@ -570,6 +585,7 @@ def subscription_provision(
                 cancel_at_period_end=cancel_at_period_end,
                 canceled_at=canceled_at,
                 past_due_since=past_due_since,
+                scheduled_plan=successor,
             )
     except IntegrityError:
         # A concurrent subscribe won the unique (organization, listing) live index.
@@ -706,7 +722,13 @@ def _subscription_lock(subscription: Subscription | int) -> Subscription:
 
 
 def _audit(
-    subscription: Subscription, action: str, *, actor: User | None = None, reason: str = "", **data: Any
+    subscription: Subscription,
+    action: str,
+    *,
+    actor: User | None = None,
+    reason: str = "",
+    extra: Mapping[str, Any] | None = None,
+    **data: Any,
 ) -> None:
     audit_log_write(
         action=action,
@@ -714,7 +736,7 @@ def _audit(
         organization=subscription.organization,
         listing=subscription.listing,
         reason=reason,
-        data={"subscription_id": subscription.pk, **data},
+        data={"subscription_id": subscription.pk, **dict(extra or {}), **data},
     )
 
 
@@ -785,7 +807,7 @@ def subscription_resume(*, subscription: Subscription, user: User) -> Subscripti
         )
         subscription_apply_stripe_state(subscription=subscription, stripe_subscription=updated)
     subscription.cancel_at_period_end = False
-    if subscription.scheduled_plan_id and subscription.scheduled_plan.kind == PlanKind.FREE:
+    if subscription.scheduled_plan is not None and subscription.scheduled_plan.kind == PlanKind.FREE:
         subscription.scheduled_plan = None  # a downgrade to free was a cancel at Stripe
     subscription.save(update_fields=["cancel_at_period_end", "scheduled_plan"])
     _audit(subscription, AuditAction.SUBSCRIPTION_REACTIVATED, actor=user, resumed=True)
@@ -1102,7 +1124,7 @@ def stripe_subscription_state(
     }
 
 
-_STATUS_AUDIT = {
+_STATUS_AUDIT: dict[str, str] = {
     SubscriptionStatus.PAST_DUE: AuditAction.SUBSCRIPTION_PAST_DUE,
     SubscriptionStatus.SUSPENDED: AuditAction.SUBSCRIPTION_SUSPENDED,
     SubscriptionStatus.CANCELED: AuditAction.SUBSCRIPTION_CANCELED,
@@ -1166,7 +1188,7 @@ def subscription_apply_stripe_state(
         action = AuditAction.SUBSCRIPTION_RENEWED
     else:
         action = AuditAction.SUBSCRIPTION_UPDATED
-    _audit(subscription, action, **data)
+    _audit(subscription, action, extra=data)
     if renewed and subscription.scheduled_plan_id and subscription.status != SubscriptionStatus.CANCELED:
         from billing.tasks import subscription_scheduled_plan_apply_task
 
@@ -1177,7 +1199,7 @@ def subscription_apply_stripe_state(
     if (
         subscription.status == SubscriptionStatus.CANCELED
         and old_status != SubscriptionStatus.CANCELED
-        and subscription.scheduled_plan_id
+        and subscription.scheduled_plan is not None
         and subscription.scheduled_plan.kind == PlanKind.FREE
     ):
         _continue_on_free_plan(subscription=subscription)
@@ -1237,7 +1259,7 @@ def _local_renew(*, subscription: Subscription, now: datetime, restart: bool = F
     ended_start, ended_end = subscription.current_period_start, subscription.current_period_end
     _invoice_period_close(subscription=subscription, period_start=ended_start, period_end=ended_end)
     from_plan = subscription.plan
-    if subscription.scheduled_plan_id:
+    if subscription.scheduled_plan is not None:
         subscription.plan = subscription.scheduled_plan
         subscription.scheduled_plan = None
     if subscription.status == SubscriptionStatus.TRIALING:
@@ -1258,7 +1280,7 @@ def _local_renew(*, subscription: Subscription, now: datetime, restart: bool = F
         current_period_start=start.isoformat(),
         current_period_end=end.isoformat(),
         plan_id=subscription.plan_id,
-        **({"from_plan_id": from_plan.pk} if from_plan.pk != subscription.plan_id else {}),
+        from_plan_id=from_plan.pk if from_plan.pk != subscription.plan_id else None,
     )
     invoice_period_open(subscription=subscription)
 

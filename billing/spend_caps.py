@@ -280,10 +280,11 @@ def spend_ledger_micros(*, organization_id: int, api_key_id: int | None, month: 
 def _counter_seed(
     counters: SpendCounters, *, key: str, organization_id: int, api_key_id: int | None, month: date
 ) -> int:
-    if isinstance(counters, RedisSpendCounters):
+    if isinstance(counters, RedisSpendCounters) and not transaction.get_connection().in_atomic_block:
         from inference.services import usage_flush
 
-        # Buffered calls count too: move them to the ledger first. Rare (once per counter and month).
+        # Buffered calls count too: move them to the ledger first. Rare (once per counter and month). Never
+        # inside a transaction: a rollback would lose the records the flush took off the buffer.
         usage_flush(wait_s=0)
     micros = spend_ledger_micros(organization_id=organization_id, api_key_id=api_key_id, month=month)
     _start, end = _month_bounds(month)
@@ -292,10 +293,15 @@ def _counter_seed(
 
 
 def spend_month_micros(
-    *, organization_id: int, api_key_ids: list[int | None], month: date | None = None
+    *,
+    organization_id: int,
+    api_key_ids: list[int | None],
+    month: date | None = None,
+    seeded: list[int | None] | None = None,
 ) -> dict[int | None, int]:
     """This month's spend in micro-units by API key id (None: the whole organization), seeding missing
-    counters from the ledger. One store round trip when every counter exists."""
+    counters from the ledger (their scopes are appended to ``seeded``). One store round trip when every
+    counter exists."""
     month = month or month_start()
     counters = spend_counters()
     keys = [counter_key(month=month, organization_id=organization_id, api_key_id=k) for k in api_key_ids]
@@ -306,6 +312,8 @@ def spend_month_micros(
             value = _counter_seed(
                 counters, key=key, organization_id=organization_id, api_key_id=api_key_id, month=month
             )
+            if seeded is not None:
+                seeded.append(api_key_id)
         out[api_key_id] = value
     return out
 
@@ -353,7 +361,15 @@ def spend_check(
     if not limits:
         return
     month = month_start(now)
-    spent = spend_month_micros(organization_id=organization_id, api_key_ids=[k for k, _ in limits], month=month)
+    seeded: list[int | None] = []
+    spent = spend_month_micros(
+        organization_id=organization_id, api_key_ids=[k for k, _ in limits], month=month, seeded=seeded
+    )
+    for scope, cap_cents in limits:
+        # A counter that starts past the threshold (Redis lost it, a new key cap) never crosses it in spend_add:
+        # the notice task decides (it sends at most one per cap and month).
+        if scope in seeded and spent[scope] >= notice_threshold_micros(cap_cents):
+            _notice_enqueue(spend_cap_id=caps.cap_ids[scope], month=month)
     estimate = to_micros(cost_estimate)
     for scope, cap_cents in limits:
         cap = cap_cents * MICROS_PER_CENT
@@ -416,6 +432,13 @@ def spend_cap_notice_send(*, spend_cap_id: int, month: date) -> int:
 
     if month != month_start():
         return 0  # a notice for a month that is over helps nobody
+    scope = SpendCap.objects.filter(pk=spend_cap_id).values("organization_id", "api_key_id").first()
+    if scope is None:
+        return 0
+    # Read the spend before the transaction: a missing counter is seeded from the ledger, which may flush.
+    spent = spend_month_micros(
+        organization_id=scope["organization_id"], api_key_ids=[scope["api_key_id"]], month=month
+    )[scope["api_key_id"]]
     with transaction.atomic():
         cap = (
             SpendCap.objects.select_for_update(of=("self",))
@@ -425,9 +448,6 @@ def spend_cap_notice_send(*, spend_cap_id: int, month: date) -> int:
         )
         if cap is None or cap.notice_sent_for == month:
             return 0
-        spent = spend_month_micros(organization_id=cap.organization_id, api_key_ids=[cap.api_key_id], month=month)[
-            cap.api_key_id
-        ]
         if spent < notice_threshold_micros(cap.monthly_limit_cents):
             return 0
         cap.notice_sent_for = month
@@ -495,8 +515,8 @@ def spend_cap_set(
 ) -> SpendCap:
     """Set (or change) the monthly spend cap of the organization, or of one of its API keys (owners and admins).
 
-    A changed cap gets its own notice: ``notice_sent_for`` is cleared, and when this month's spend is already
-    at the notice threshold of the new cap the notice goes out (on commit, by the task)."""
+    A changed cap gets its own notice: ``notice_sent_for`` is cleared and the notice task runs on commit; it
+    sends the notice when this month's spend is already at the threshold of the new cap."""
     _require_manager(user=user, organization=organization)
     _api_key_check(organization=organization, api_key=api_key)
     if not isinstance(monthly_limit_cents, int) or not 1 <= monthly_limit_cents <= SPEND_CAP_MAX_CENTS:
@@ -527,10 +547,8 @@ def spend_cap_set(
         },
     )
     _cap_changed(organization_id=organization.pk)
-    month = month_start()
-    spent = spend_month_micros(organization_id=organization.pk, api_key_ids=[cap.api_key_id], month=month)
-    if spent[cap.api_key_id] >= notice_threshold_micros(monthly_limit_cents):
-        _notice_enqueue(spend_cap_id=cap.pk, month=month)
+    if previous != monthly_limit_cents:
+        _notice_enqueue(spend_cap_id=cap.pk, month=month_start())
     return cap
 
 

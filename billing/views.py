@@ -30,7 +30,7 @@ from billing.forms import (
 from billing.models import CheckoutStatus
 from catalog.publish_selectors import listing_get_for_manager
 from catalog.selectors import listing_get_public
-from marketplace.errors import ApplicationError, NotFound, error_body
+from marketplace.errors import ApplicationError, NotFound, error_response
 from marketplace.integrations import stripe as payments
 
 logger = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def checkout_success(request: HttpRequest) -> HttpResponse:
 def checkout_status(request: HttpRequest, session_id: str) -> JsonResponse:
     session = checkout.checkout_get_for_member(user=_user(request), session_id=session_id)
     if session is None:
-        return JsonResponse({"error": error_body("not_found", "No such checkout.")}, status=404)
+        return error_response("not_found", "No such checkout.", 404)
     return JsonResponse(
         {
             "status": session.status,
@@ -265,7 +265,7 @@ def _webhook(request: HttpRequest, *, secret: str) -> HttpResponse:
         )
     except payments.PaymentsError as exc:
         logger.warning("Stripe webhook refused: %s", exc.message)
-        return JsonResponse({"error": error_body(exc.code, exc.message)}, status=exc.status)
+        return error_response(exc.code, exc.message, exc.status)
     row, created = webhooks.stripe_event_store(event=event)
     return JsonResponse({"received": True, "duplicate": not created, "status": row.status})
 

@@ -4,10 +4,15 @@
 the message is acknowledged when a worker takes it, so a worker killed mid-request loses the request and the
 caller gets a 503 at its deadline. With late acks the broker would hand the request to another worker after
 the caller had already answered 503 (and not charged), running unpaid work nobody waits for, or, with the
-Redis visibility timeout, an hour later. The client retries instead, with ``Retry-After``.
+Redis visibility timeout, an hour later. The client retries instead, with ``Retry-After``. Every message also
+carries ``expires`` at the caller's deadline, so one restored after a crash (taken, not yet acknowledged) is
+discarded, never run late.
 
 ``model_warm`` and ``model_evict`` are routed to a broadcast (fanout) queue, so every inference worker that
-consumes ``<INFERENCE_QUEUE>.broadcast`` runs them (workers: ``-Q inference,inference.broadcast``).
+consumes ``<INFERENCE_QUEUE>.broadcast`` runs them.
+
+Run inference workers as one process with threads, so concurrent requests for a model meet in its batcher:
+``celery -A marketplace worker -Q inference,inference.broadcast -P threads -c 16`` (one such process per GPU).
 """
 
 from __future__ import annotations

@@ -140,6 +140,8 @@ def main() -> int:
                 "-m",
                 "gunicorn",
                 "marketplace.wsgi",
+                "-c",
+                "scripts/gunicorn_conf.py",
                 "-b",
                 f"{HOST}:{PORT}",
                 "-w",

@@ -668,7 +668,9 @@ def transfer_list(
 ) -> list[StripeObject]:
     """The newest ``limit`` (at most 100) transfers matching the filters, newest first. A payout retried
     after Stripe's 24-hour idempotency window looks here for the transfer its first try made."""
-    params = _without_none({"transfer_group": transfer_group, "destination": destination, "limit": min(int(limit), 100)})
+    params = _without_none(
+        {"transfer_group": transfer_group, "destination": destination, "limit": min(int(limit), 100)}
+    )
     with _stripe_errors():
         page = _client().v1.transfers.list(params=params)  # type: ignore[arg-type]
         return [_plain(transfer) for transfer in page.data]

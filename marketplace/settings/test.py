@@ -5,7 +5,14 @@ import os
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/marketplace")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 
+from marketplace.env import env  # noqa: E402
 from marketplace.settings import *  # noqa: E402,F403
+
+# The settings package was imported (reading the environment) before the defaults above were set when
+# DJANGO_SETTINGS_MODULE names this module: read the two again so a bare `pytest` uses PostgreSQL and Redis.
+DATABASES = {"default": env.db("DATABASE_URL")}
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")
+CELERY_BROKER_TRANSPORT_OPTIONS = {}
 
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -64,12 +64,15 @@ def subscription_make(
     stripe: bool = False,
     **extra: Any,
 ) -> Subscription:
-    """A live subscription; ``stripe=True``: billed by Stripe (a customer at the fake and a Stripe
-    subscription id), so its usage is metered to Stripe."""
+    """A live subscription; ``stripe=True``: billed by Stripe (a customer at the fake, a Stripe
+    subscription id, a metered price on the plan), so its usage is metered to Stripe."""
     start = start or timezone.now() - timedelta(days=10)
     if stripe:
         stripe_customer_ensure(organization=organization)
         extra.setdefault("stripe_subscription_id", f"sub_{uuid.uuid4().hex[:24]}")
+        if not plan.stripe_metered_price_id:  # what checkout makes for a plan that prices usage
+            plan.stripe_metered_price_id = f"price_{uuid.uuid4().hex[:24]}"
+            plan.save(update_fields=["stripe_metered_price_id"])
     return Subscription.objects.create(
         organization=organization,
         listing=plan.listing,
@@ -105,3 +108,49 @@ def usage_write(*, subscription: Subscription, units: Sequence[int], at: Sequenc
     usage_records_write(entries=entries)
     by_request = {r.request_id: r for r in UsageRecord.objects.filter(request_id__in=[e.request_id for e in entries])}
     return [by_request[e.request_id] for e in entries]
+
+
+def stripe_subscription_make(
+    fake: Any, *, buyer: Any, publisher: Any, flat_cents: int = 2000, unit_amount_decimal: str = "0.25"
+) -> tuple[Subscription, dict[str, Any]]:
+    """A listing of ``publisher`` with a plan priced at (the fake) Stripe: a flat monthly price and a
+    metered price on the listing's meter (``meter_event_name``); ``buyer`` subscribed through a completed
+    Stripe checkout. Returns our subscription and Stripe's."""
+    from decimal import Decimal
+
+    from billing.metering import meter_event_name
+
+    listing = listing_make(publisher=publisher)
+    product = payments.product_create(name=listing.name)
+    flat_price = payments.price_create(product=product["id"], currency="usd", unit_amount=flat_cents)
+    meter = payments.meter_create(event_name=meter_event_name(listing_id=listing.pk), display_name="units")
+    metered_price = payments.price_create(
+        product=product["id"], currency="usd", meter=meter["id"], unit_amount_decimal=Decimal(unit_amount_decimal)
+    )
+    plan = plan_make(
+        listing=listing,
+        kind=PlanKind.METERED,
+        monthly_price_cents=flat_cents,
+        price_per_1000_cents=int(Decimal(unit_amount_decimal) * 1000),
+        stripe_product_id=product["id"],
+        stripe_price_id=flat_price["id"],
+        stripe_metered_price_id=metered_price["id"],
+    )
+    customer = stripe_customer_ensure(organization=buyer)
+    session = payments.checkout_session_create(
+        customer=customer,
+        price_ids=[(flat_price["id"], 1), (metered_price["id"], None)],
+        success_url="http://app.test/ok",
+        cancel_url="http://app.test/no",
+        client_reference_id=str(buyer.pk),
+    )
+    stripe_subscription = fake.complete_checkout(session["id"])["subscription"]
+    start, end = payments.subscription_period(stripe_subscription)
+    subscription = subscription_make(
+        organization=buyer,
+        plan=plan,
+        start=datetime.fromtimestamp(start, tz=UTC),
+        end=datetime.fromtimestamp(end, tz=UTC),
+        stripe_subscription_id=stripe_subscription["id"],
+    )
+    return subscription, stripe_subscription

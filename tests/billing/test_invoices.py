@@ -8,15 +8,16 @@ from decimal import Decimal
 import pytest
 from django.db import IntegrityError, transaction
 
-from billing import invoices
-from billing.models import Invoice, InvoiceLine, InvoiceStatus, Payout, PlanKind, PlatformSettings
+from billing import invoices, pricing
+from billing.metering import meter_event_name
+from billing.models import Invoice, InvoiceLine, Payout, PlanKind, PlatformSettings
 from billing.payouts import payouts_for_invoice
 from marketplace.integrations import stripe as payments
 from moderation.models import AuditAction, AuditLogEntry
 from tests.billing.ledger_support import (
     listing_make,
     plan_make,
-    stripe_customer_ensure,
+    stripe_subscription_make,
     subscription_make,
     usage_write,
 )
@@ -67,13 +68,11 @@ def _close(subscription):
     return invoices.invoice_period_close(subscription=subscription, period_start=START, period_end=END)
 
 
-def test_a_free_plan_closes_with_a_zero_invoice(buyer, pub):
+def test_a_free_plan_has_nothing_to_invoice(buyer, pub):
     sub = _subscribe(buyer=buyer, pub=pub, kind=PlanKind.FREE, included_units=10_000)
     _usage(sub, [500, 700])
-    invoice = _close(sub)
-    assert (invoice.total_cents, invoice.platform_fee_cents, invoice.status) == (0, 0, InvoiceStatus.PAID)
-    assert _lines(invoice) == []
-    assert payouts_for_invoice(invoice_id=invoice.pk) == []
+    assert _close(sub) is None
+    assert not Invoice.objects.exists()
 
 
 def test_a_flat_plan_charges_its_fee_and_the_overage_split_with_the_platform_fee(
@@ -81,7 +80,12 @@ def test_a_flat_plan_charges_its_fee_and_the_overage_split_with_the_platform_fee
 ):
     # $49 a month with 100,000 units included, then $0.50 per 1,000.
     sub = _subscribe(
-        buyer=buyer, pub=pub, kind=PlanKind.FLAT, monthly_price_cents=4900, included_units=100_000, price_per_1000_cents=50
+        buyer=buyer,
+        pub=pub,
+        kind=PlanKind.FLAT,
+        monthly_price_cents=4900,
+        included_units=100_000,
+        price_per_1000_cents=50,
     )
     _usage(sub, [100_000, 23_456])
     with django_capture_on_commit_callbacks() as callbacks:
@@ -157,7 +161,12 @@ def test_closing_a_period_twice_gives_the_same_invoice(buyer, pub):
 
 def test_a_fee_invoiced_in_advance_is_not_charged_again_at_the_close(buyer, pub):
     sub = _subscribe(
-        buyer=buyer, pub=pub, kind=PlanKind.FLAT, monthly_price_cents=4900, included_units=1000, price_per_1000_cents=100
+        buyer=buyer,
+        pub=pub,
+        kind=PlanKind.FLAT,
+        monthly_price_cents=4900,
+        included_units=1000,
+        price_per_1000_cents=100,
     )
     opened = invoices.invoice_period_open(subscription=sub, period_start=START, period_end=END)
     assert _lines(opened) == [("flat", 0, 4900, 735, 4165)]
@@ -171,13 +180,51 @@ def test_a_fee_invoiced_in_advance_is_not_charged_again_at_the_close(buyer, pub)
 
 def test_no_fee_in_a_trial(buyer, pub):
     sub = _subscribe(
-        buyer=buyer, pub=pub, kind=PlanKind.FLAT, monthly_price_cents=4900, included_units=1000, price_per_1000_cents=100
+        buyer=buyer,
+        pub=pub,
+        kind=PlanKind.FLAT,
+        monthly_price_cents=4900,
+        included_units=1000,
+        price_per_1000_cents=100,
     )
     sub.trial_end = END
     sub.save()
     assert invoices.invoice_period_open(subscription=sub, period_start=START, period_end=END) is None
     _usage(sub, [1500])
     assert _lines(_close(sub)) == [("overage", 500, 50, 8, 42)]
+
+
+def test_a_plan_change_mid_period_is_invoiced_at_once_prorated(buyer, pub):
+    sub = _subscribe(
+        buyer=buyer, pub=pub, kind=PlanKind.FLAT, monthly_price_cents=2000, included_units=1000, price_per_1000_cents=80
+    )
+    bigger = plan_make(
+        listing=sub.listing, kind=PlanKind.FLAT, monthly_price_cents=5000, included_units=5000, price_per_1000_cents=50
+    )
+    at = START + (END - START) / 2
+    amount = pricing.proration_minor(old_plan=sub.plan, new_plan=bigger, period_start=START, period_end=END, at=at)
+    assert amount == 1500  # half of the new $50 less half of the old $20
+
+    invoice = invoices.invoice_proration_add(
+        subscription=sub, old_plan=sub.plan, new_plan=bigger, amount_cents=amount, at=at
+    )
+
+    assert _lines(invoice) == [("flat", 0, 1500, 225, 1275)]
+    assert (invoice.billing_reason, invoice.period_start, invoice.period_end, invoice.status) == (
+        "proration",
+        at,
+        END,
+        "paid",
+    )
+    assert invoice.lines.get().plan == bigger and "prorated" in invoice.lines.get().description
+    again = invoices.invoice_proration_add(
+        subscription=sub, old_plan=sub.plan, new_plan=bigger, amount_cents=amount, at=at
+    )
+    assert again.pk == invoice.pk
+    assert (
+        invoices.invoice_proration_add(subscription=sub, old_plan=sub.plan, new_plan=sub.plan, amount_cents=0, at=at)
+        is None
+    )
 
 
 def test_ended_periods_of_local_paid_subscriptions_are_closed_once(buyer, pub, make_org):
@@ -202,37 +249,16 @@ def test_ended_periods_of_local_paid_subscriptions_are_closed_once(buyer, pub, m
 
 def _stripe_paid_invoice(fake, *, buyer, pub, units: int):
     """A Stripe subscription (flat $20 + metered $2.50 per 1,000) whose renewal invoice is paid."""
-    listing = listing_make(publisher=pub)
-    product = payments.product_create(name=listing.name)
-    flat_price = payments.price_create(product=product["id"], currency="usd", unit_amount=2000)
-    meter = payments.meter_create(event_name=f"units_{listing.pk}", display_name="units")
-    metered_price = payments.price_create(
-        product=product["id"], currency="usd", meter=meter["id"], unit_amount_decimal=Decimal("0.25")
-    )
-    plan = plan_make(
-        listing=listing,
-        kind=PlanKind.METERED,
-        monthly_price_cents=2000,
-        price_per_1000_cents=250,
-        stripe_price_id=flat_price["id"],
-        stripe_metered_price_id=metered_price["id"],
-    )
-    customer = stripe_customer_ensure(organization=buyer)
-    session = payments.checkout_session_create(
-        customer=customer,
-        price_ids=[(flat_price["id"], 1), (metered_price["id"], None)],
-        success_url="http://app.test/ok",
-        cancel_url="http://app.test/no",
-        client_reference_id=str(buyer.pk),
-    )
-    done = fake.complete_checkout(session["id"])
-    stripe_sub = done["subscription"]
-    sub = subscription_make(organization=buyer, plan=plan, stripe_subscription_id=stripe_sub["id"])
+    sub, stripe_sub = stripe_subscription_make(fake, buyer=buyer, publisher=pub)
     payments.meter_event_create(
-        event_name=meter["event_name"], identifier="u-1", customer=customer, value=units, timestamp=stripe_sub["created"]
+        event_name=meter_event_name(listing_id=sub.listing_id),
+        identifier="u-1",
+        customer=buyer.billing.stripe_customer_id,
+        value=units,
+        timestamp=stripe_sub["created"],
     )
     renewal = fake.advance_subscription_period(stripe_sub["id"])["invoice"]  # charged at once
-    return sub, done["invoice"], payments.invoice_retrieve(invoice=renewal["id"])
+    return sub, None, payments.invoice_retrieve(invoice=renewal["id"])
 
 
 def test_a_paid_stripe_invoice_is_mirrored_once_with_lines_by_price(fake_stripe, buyer, pub):
@@ -255,7 +281,9 @@ def test_a_paid_stripe_invoice_is_mirrored_once_with_lines_by_price(fake_stripe,
     assert Invoice.objects.filter(stripe_invoice_id=paid["id"]).count() == 1
 
 
-def test_an_older_invoice_event_never_reopens_a_paid_invoice(fake_stripe, buyer, pub, django_capture_on_commit_callbacks):
+def test_an_older_invoice_event_never_reopens_a_paid_invoice(
+    fake_stripe, buyer, pub, django_capture_on_commit_callbacks
+):
     _sub, _first, paid = _stripe_paid_invoice(fake_stripe, buyer=buyer, pub=pub, units=1000)
     open_version = {**paid, "status": "open", "status_transitions": {**paid["status_transitions"], "paid_at": None}}
     created = paid["created"]

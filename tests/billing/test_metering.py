@@ -81,8 +81,17 @@ def test_the_usage_write_queues_a_report_for_each_stripe_metered_record(metered,
         ),
         stripe=True,
     )
+    # Billed by Stripe but nothing to meter: a flat plan without an overage price has no metered price.
+    no_overage = subscription_make(
+        organization=make_org(name="Flat Org"),
+        plan=plan_make(listing=listing_make(publisher=pub), kind=PlanKind.FLAT, monthly_price_cents=900),
+        stripe=True,
+    )
+    no_overage.plan.stripe_metered_price_id = ""
+    no_overage.plan.save()
     usage_write(subscription=free, units=[3], at=_ago(5))
     usage_write(subscription=local, units=[4], at=_ago(5))
+    usage_write(subscription=no_overage, units=[4], at=_ago(5))
     flat_record = usage_write(subscription=flat, units=[7], at=_ago(5))[0]
 
     reports = {r.usage_record_id: r for r in MeterReport.objects.all()}

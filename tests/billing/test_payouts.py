@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection, transaction
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.models import Membership, Role
 from billing import invoices, payouts
@@ -16,7 +17,13 @@ from billing.models import Invoice, InvoiceLine, Payout, PayoutStatus, PlanKind,
 from marketplace.errors import Forbidden
 from marketplace.integrations import stripe as payments
 from moderation.models import AuditAction, AuditLogEntry
-from tests.billing.ledger_support import listing_make, plan_make, subscription_make, usage_write
+from tests.billing.ledger_support import (
+    listing_make,
+    plan_make,
+    stripe_subscription_make,
+    subscription_make,
+    usage_write,
+)
 from tests.plugins.services import wait_for
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -132,26 +139,41 @@ def test_onboarding_creates_the_connected_account_once_and_returns_a_fresh_link(
 @pytest.mark.django_db
 def test_account_updates_apply_in_order_whatever_the_delivery_order(publisher, fake_stripe):
     user, org = publisher
-    payouts.publisher_account_onboarding_link(organization=org, user=user, return_url=RETURN_URL, refresh_url=REFRESH_URL)
+    payouts.publisher_account_onboarding_link(
+        organization=org, user=user, return_url=RETURN_URL, refresh_url=REFRESH_URL
+    )
     account = PublisherAccount.objects.get(organization=org)
-    enabled = fake_stripe.enable_account(account.stripe_account_id)
-    event = [e for e in fake_stripe.events(type="account.updated")][-1]
+    acct = account.stripe_account_id
+    enabled = fake_stripe.enable_account(acct)
+    created = fake_stripe.events(type="account.updated")[-1]["created"]
 
-    payouts.publisher_account_sync(stripe_account=enabled, event_created=event["created"])
+    payouts.publisher_account_sync(stripe_account=enabled, event_created=created)
     account.refresh_from_db()
     assert (account.payouts_enabled, account.charges_enabled, account.details_submitted) == (True, True, True)
+    assert AuditLogEntry.objects.filter(action=AuditAction.PAYOUT_ACCOUNT_UPDATED, organization=org).count() == 1
 
-    # An older event (sent before onboarding finished) delivered late changes nothing.
+    def account_reads():
+        return len([r for r in fake_stripe.requests() if r["method"] == "GET" and r["path"] == f"/v1/accounts/{acct}"])
+
+    # An older event (sent before onboarding finished) delivered late: skipped, without asking Stripe.
     stale = {**enabled, "payouts_enabled": False, "charges_enabled": False}
-    payouts.publisher_account_sync(stripe_account=stale, event_created=event["created"] - 60)
+    reads = account_reads()
+    payouts.publisher_account_sync(stripe_account=stale, event_created=created - 60)
     account.refresh_from_db()
-    assert account.payouts_enabled is True
-    # One from the same second: the order is unknown, so the account is read from Stripe (still enabled).
-    payouts.publisher_account_sync(stripe_account=stale, event_created=event["created"])
+    assert account.payouts_enabled is True and account_reads() == reads
+    # Not older (the same second: the order is unknown), yet carrying an old copy: Stripe's current
+    # account is read and wins.
+    payouts.publisher_account_sync(stripe_account=stale, event_created=created)
     account.refresh_from_db()
-    assert account.payouts_enabled is True
-    # A newer one disabling payouts applies.
-    payouts.publisher_account_sync(stripe_account=stale, event_created=event["created"] + 60)
+    assert account.payouts_enabled is True and account_reads() == reads + 1
+
+    # Stripe pauses payouts: the newer event applies; an older copy saying "enabled" cannot undo it.
+    paused = fake_stripe.enable_account(acct, charges_enabled=True, payouts_enabled=False)
+    paused_at = fake_stripe.events(type="account.updated")[-1]["created"]
+    payouts.publisher_account_sync(stripe_account=paused, event_created=paused_at)
+    account.refresh_from_db()
+    assert (account.payouts_enabled, account.charges_enabled) == (False, True)
+    payouts.publisher_account_sync(stripe_account=enabled, event_created=paused_at - 1)
     account.refresh_from_db()
     assert account.payouts_enabled is False
     assert payouts.publisher_account_sync(stripe_account={"id": "acct_unknown"}, event_created=1) is None
@@ -180,7 +202,9 @@ def test_a_payout_waits_until_account_updated_enables_payouts(
     # Not onboarded yet: blocked, nothing transferred.
     payout = payouts.payout_send(payout_id=made[0].pk)
     assert payout.status == PayoutStatus.BLOCKED and "onboarding" in payout.last_error
-    payouts.publisher_account_onboarding_link(organization=org, user=user, return_url=RETURN_URL, refresh_url=REFRESH_URL)
+    payouts.publisher_account_onboarding_link(
+        organization=org, user=user, return_url=RETURN_URL, refresh_url=REFRESH_URL
+    )
     assert payouts.payout_send(payout_id=made[0].pk).status == PayoutStatus.BLOCKED  # onboarding not finished
     assert fake_stripe.transfers() == [] and _transfer_requests(fake_stripe) == []
     assert AuditLogEntry.objects.filter(action=AuditAction.PAYOUT_BLOCKED, data__payout_id=payout.pk).count() == 1
@@ -196,7 +220,11 @@ def test_a_payout_waits_until_account_updated_enables_payouts(
     payout.refresh_from_db()
     [transfer] = fake_stripe.transfers()
     assert (payout.status, payout.stripe_transfer_id, payout.attempts) == ("paid", transfer["id"], 1)
-    assert (transfer["amount"], transfer["currency"], transfer["destination"]) == (8_000, "usd", account.stripe_account_id)
+    assert (transfer["amount"], transfer["currency"], transfer["destination"]) == (
+        8_000,
+        "usd",
+        account.stripe_account_id,
+    )
     assert transfer["transfer_group"] == f"invoice_{invoice.pk}"
     assert transfer["metadata"] == {"payout_id": str(payout.pk), "invoice_id": str(invoice.pk)}
     assert _transfer_requests(fake_stripe)[0]["idempotency_key"] == payout.idempotency_key
@@ -386,3 +414,84 @@ def test_outsiders_get_no_payouts_page(client, publisher, make_user):
     assert client.get(reverse("billing:payouts"), {"organization": org.slug}).status_code == 404
     assert client.post(reverse("billing:payouts-onboarding"), {"organization": org.slug}).status_code == 404
     assert not PublisherAccount.objects.exists()
+
+
+# --- the whole flow through the webhooks and the worker ----------------------------------------------
+
+
+def _deliver(client, fake, event_type, *, connect=False):
+    """Post the newest stored event of ``event_type`` to our webhook endpoint, signed as Stripe signs it."""
+    event = fake.events(type=event_type)[-1]
+    payload, signature = fake.signed_event(event["id"])
+    path = reverse("billing:stripe-connect-webhook" if connect else "billing:stripe-webhook")
+    response = client.post(path, data=payload, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature)
+    assert response.status_code == 200, response.content
+    return event
+
+
+@pytest.mark.django_db(transaction=True)
+def test_usage_to_stripe_invoice_to_a_payout_that_waits_for_onboarding(
+    client, publisher, buyer, fake_stripe, celery_worker
+):
+    from billing.metering import meter_reports_send
+    from billing.reconciliation import reconciliation_run
+
+    user, org = publisher
+    subscription, stripe_sub = stripe_subscription_make(fake_stripe, buyer=buyer, publisher=org)
+    payouts.publisher_account_onboarding_link(
+        organization=org, user=user, return_url=RETURN_URL, refresh_url=REFRESH_URL
+    )
+    account = PublisherAccount.objects.get(organization=org)
+    now = timezone.now()
+    records = usage_write(subscription=subscription, units=[1500, 2500], at=[now - timedelta(minutes=2)] * 2)
+    fake_stripe.fail_next(1, 503, "/v1/billing/meter_events")
+    assert meter_reports_send()["retry"] == 2
+    assert meter_reports_send(now=now + timedelta(seconds=11))["sent"] == 2
+    assert reconciliation_run(
+        period_start=now - timedelta(hours=1),
+        period_end=now + timedelta(hours=1),
+        acknowledged_events=fake_stripe.meter_events(),
+    )["ok"]
+
+    # Stripe renews the subscription: $20 for the next month + 4,000 units at $2.50 per 1,000 = $30.
+    renewal = fake_stripe.advance_subscription_period(stripe_sub["id"])["invoice"]
+    assert renewal["total"] == 3000 and renewal["status"] == "paid"
+    _deliver(client, fake_stripe, "invoice.paid")
+    invoice = wait_for(lambda: Invoice.objects.filter(stripe_invoice_id=renewal["id"]).first(), timeout=20)
+    payout = wait_for(lambda: Payout.objects.filter(invoice=invoice, status="blocked").first(), timeout=20)
+    assert (payout.amount_cents, invoice.total_cents, invoice.platform_fee_cents) == (2400, 3000, 600)
+    assert fake_stripe.transfers() == []
+
+    # The publisher finishes onboarding: Stripe's account.updated lets the payout go, once.
+    fake_stripe.enable_account(account.stripe_account_id)
+    _deliver(client, fake_stripe, "account.updated", connect=True)
+    paid = wait_for(lambda: Payout.objects.filter(pk=payout.pk, status="paid").first(), timeout=20)
+    [transfer] = fake_stripe.transfers()
+    assert (paid.stripe_transfer_id, transfer["amount"], transfer["destination"]) == (
+        transfer["id"],
+        2400,
+        account.stripe_account_id,
+    )
+    # The same events delivered again change nothing.
+    _deliver(client, fake_stripe, "invoice.paid")
+    _deliver(client, fake_stripe, "account.updated", connect=True)
+    payouts.payouts_pending_send()
+    assert len(fake_stripe.transfers()) == 1 and Payout.objects.count() == 1
+    assert sum(r.units for r in records) == 4000
+
+
+@pytest.mark.django_db
+def test_local_backend_payout_setup_needs_no_stripe(client, publisher, make_user):
+    user, org = publisher
+    client.force_login(user)
+    started = client.post(reverse("billing:payouts-onboarding"), {"organization": org.slug})
+    assert started.status_code == 302 and started["Location"].startswith("http://testserver/billing/payouts/?")
+    account = PublisherAccount.objects.get(organization=org)
+    assert (account.stripe_account_id, account.payouts_enabled) == (None, True)
+    assert "Ready" in client.get(started["Location"]).content.decode()
+
+    member = make_user(email="member@acme.example")
+    Membership.objects.create(organization=org, user=member, role=Role.MEMBER)
+    client.force_login(member)
+    page = client.get(reverse("billing:payouts"), {"organization": org.slug}).content.decode()
+    assert "Set up payouts" not in page

@@ -102,7 +102,9 @@ def test_a_seeded_month_reconciles_to_zero(seeded_month, fake_stripe):
     assert (result["reported_records"], result["reported_units"], result["acknowledged_records"]) == (200, units, 200)
     assert sum(int(e["payload"]["value"]) for e in events) == units
     assert all(r.status == "sent" for r in MeterReport.objects.all())
-    assert {e["event_name"] for e in events} == {meter_event_name(listing_id=s.listing_id) for s in seeded_month["subscriptions"]}
+    assert {e["event_name"] for e in events} == {
+        meter_event_name(listing_id=s.listing_id) for s in seeded_month["subscriptions"]
+    }
 
 
 def test_a_deleted_or_failed_report_shows_exactly_that_record(seeded_month, fake_stripe):

@@ -249,6 +249,27 @@ def test_one_notice_email_at_80_percent_per_month(celery_worker, make_user, make
     assert mail.outbox[-1].subject == "Fabrikam has used 82% of its monthly spend cap"
 
 
+def test_a_counter_reseeded_past_the_threshold_sends_the_notice(celery_worker, make_user, make_org):
+    from tests.catalog.factories import PublishedListingFactory
+
+    owner = make_user()
+    org = make_org(owner=owner, name="Northwind")
+    sub = subscription_make(organization=org, plan=paid_plan_make(listing=PublishedListingFactory()))
+    mail.outbox.clear()
+    spend_cap_set(organization=org, user=owner, monthly_limit_cents=100)
+    _check(org)
+    usage_make(subscription=sub, cost="0.85")  # spend the counter never saw (Redis lost it)
+    spend_keys_clear()
+    _check(org)  # reseeds from the ledger at 85%
+    wait_for(lambda: len(mail.outbox) == 1, message="the notice after the reseed")
+    assert mail.outbox[0].to == [owner.email]
+    spend_keys_clear()
+    _check(org)
+    _add(org, "0.01")
+    assert spend_caps.spend_cap_notice_send(spend_cap_id=SpendCap.objects.get().pk, month=spend_caps.month_start()) == 0
+    assert len(mail.outbox) == 1
+
+
 def test_the_notice_is_not_sent_below_the_threshold_or_for_a_past_month(buyer):
     org, owner = buyer["org"], buyer["owner"]
     usage_make(subscription=buyer["subscription"], cost="0.50")
@@ -271,14 +292,20 @@ def test_the_notice_is_not_sent_below_the_threshold_or_for_a_past_month(buyer):
 @pytest.fixture
 def v2_buyer(db, s3):
     from tests.inference.api_support import buyer_create, caches_clear, metering_keys_clear, publish_model
-    from tests.inference.onnx_factories import onnx_classifier_bytes
+    from tests.inference.onnx_factories import onnx_identity_bytes
 
     metering_keys_clear()
     caches_clear()
-    version = publish_model(s3=s3, onnx_bytes=onnx_classifier_bytes(), slug="iris-paid")
+    # A model of its own (not the /v2 tests' classifier): its artifact in the shared disk cache would make their
+    # "not ready before the first call" check see it as ready.
+    model = onnx_identity_bytes("FP32", (-1, 4), input_name="input", output_name="output")
+    version = publish_model(s3=s3, onnx_bytes=model, slug="iris-paid")
     yield buyer_create(listing=version.listing, subscribe=False)
     metering_keys_clear()
     caches_clear()
+    from inference.host import model_host_reset
+
+    model_host_reset()  # later tests expect a host that has not loaded this model yet
 
 
 def _v2_call(client, buyer, *, rows: int = 2, headers: dict | None = None):

@@ -91,9 +91,7 @@ def test_multiprocess_mode_aggregates_every_process(tmp_path):
         "DJANGO_SETTINGS_MODULE": "marketplace.settings.test",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
     }
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'model_cache_events_total{event="load",tier="memory"} 2.0' in out.stdout
     assert 'inference_batch_rows_sum{version="5"} 8.0' in out.stdout

@@ -1,0 +1,11 @@
+"""gunicorn settings for `make run` and the benchmarks."""
+
+import os
+
+
+def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+    # Prometheus multiprocess mode: drop a dead worker's live gauges (its counters stay aggregated).
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
