@@ -310,6 +310,7 @@ class Result:
     p99_ms: float
     client_cores: float  # CPU the load generator itself used, in cores
     server_cpu_ms: float = 0.0  # CPU of the serving processes (gunicorn, and the Celery worker) per request
+    worker_cpu_ms: float = 0.0  # the Celery worker's part of it
     rows_per_request: int = 1
 
     @property
@@ -348,21 +349,21 @@ def wrk_run(
     concurrency: int,
     seconds: float,
     work_dir: Path,
-    servers: set[int],
+    servers: dict[str, int],
 ) -> Result:
     header_lines = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
     script = work_dir / "post.lua"
     script.write_text(_WRK_LUA % (_lua_string(body.decode()), header_lines))
     threads = min(concurrency, 2)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_before = tree_cpu_seconds(servers)
+    server_before = {name: tree_cpu_seconds({pid}) for name, pid in servers.items()}
     completed = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "10s", "-s",
          str(script), url],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_cpu = tree_cpu_seconds(servers) - server_before
+    server_cpu = {name: tree_cpu_seconds({pid}) - server_before[name] for name, pid in servers.items()}
     line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{completed.stdout}\n{completed.stderr}")
@@ -379,7 +380,8 @@ def wrk_run(
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
         client_cores=client_cpu / duration if duration else 0.0,
-        server_cpu_ms=server_cpu * 1000 / answered if answered else 0.0,
+        server_cpu_ms=sum(server_cpu.values()) * 1000 / answered if answered else 0.0,
+        worker_cpu_ms=server_cpu.get("worker", 0.0) * 1000 / answered if answered else 0.0,
     )
 
 
@@ -462,6 +464,8 @@ def report(results: dict[str, Result], batching: dict[str, Result], load: tuple[
     ]
     for result in results.values():
         server = f"{result.server_cpu_ms:.2f}" if result.server_cpu_ms else "—"
+        if result.worker_cpu_ms:
+            server += f" ({result.worker_cpu_ms:.2f} in the worker)"
         lines.append(
             f"| {result.label} | {result.concurrency} | {result.rps:,.0f} | {result.p50_ms:.3f} | "
             f"{result.p99_ms:.3f} | {result.failures} | {server} | {result.client_cores:.2f} |"
@@ -500,7 +504,8 @@ def report(results: dict[str, Result], batching: dict[str, Result], load: tuple[
         for result in batching.values():
             lines.append(
                 f"| {result.label} | {result.rows_per_s:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | "
-                f"{result.failures} | {result.server_cpu_ms:.2f} |"
+                f"{result.failures} | {result.server_cpu_ms:.2f}"
+                + (f" ({result.worker_cpu_ms:.2f} in the worker) |" if result.worker_cpu_ms else " |")
             )
         for mode in ("inline", "celery"):
             on, off = batching.get(f"{mode}-on"), batching.get(f"{mode}-off")
@@ -606,7 +611,7 @@ def main() -> int:
                     label="(a) session.run in process", session=session, feeds=feeds, concurrency=c, seconds=duration
                 )
 
-        servers: set[int] = set()
+        servers: dict[str, int] = {}
         served = {"v2": 0}
 
         def http(label: str, url: str, body: bytes, headers: dict[str, str], c: int, seconds: int) -> Result:
@@ -633,7 +638,7 @@ def main() -> int:
                 procs, env={**env, "INFERENCE_DISPATCH": "inline"}, port=port, threads=args.threads,
                 log_dir=work, name="web-inline",
             )  # fmt: skip
-            servers = {web.pid}
+            servers = {"web": web.pid}
             if "b" not in skip:
                 http("warm-up", f"{base}/bench/session-run", tiny_body, {}, 32, warmup)
                 for c in (1, 32):
@@ -664,7 +669,7 @@ def main() -> int:
             web = gunicorn_start(
                 procs, env=celery_env, port=port, threads=args.threads, log_dir=work, name="web-celery"
             )
-            servers = {web.pid, worker.pid}
+            servers = {"web": web.pid, "worker": worker.pid}
             if "d" not in skip:
                 http("warm-up", tiny_url, tiny_body, auth, 32, warmup)
                 for c in (1, 32):

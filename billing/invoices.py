@@ -179,7 +179,9 @@ def _flat_line(*, plan: Plan, period_start: datetime, period_end: datetime) -> d
 def invoice_period_open(*, subscription: Subscription, period_start: datetime, period_end: datetime) -> Invoice | None:
     """Local backend: the period's monthly fee, in advance (checkout of a paid plan). None when there is
     no fee to charge (free plans, no monthly fee, a trial covering the period). Once per period."""
-    subscription = Subscription.objects.select_for_update().select_related("plan__listing").get(pk=subscription.pk)
+    subscription = (
+        Subscription.objects.select_for_update(of=("self",)).select_related("plan__listing").get(pk=subscription.pk)
+    )
     plan = subscription.plan
     if plan.kind == PlanKind.FREE or plan.monthly_price_cents <= 0:
         return None
@@ -203,7 +205,9 @@ def invoice_period_close(*, subscription: Subscription, period_start: datetime, 
     Call it before the subscription moves to its next period or plan: it prices with ``subscription.plan``.
     """
     subscription = (
-        Subscription.objects.select_for_update().select_related("plan__listing", "organization").get(pk=subscription.pk)
+        Subscription.objects.select_for_update(of=("self",))
+        .select_related("plan__listing", "organization")
+        .get(pk=subscription.pk)
     )
     existing = _local_invoice_get(subscription=subscription, period_start=period_start, reason=PERIOD_CLOSE)
     if existing is not None:
@@ -254,7 +258,9 @@ def invoice_proration_add(
     """Local backend: invoice a mid-period plan change at once, as Stripe prorates: ``amount_cents``
     (``pricing.proration_minor``: the new fee's share of the rest of the period less the old one's; a
     credit when negative) on one line of the new plan. Once per subscription and moment ``at``."""
-    subscription = Subscription.objects.select_for_update().select_related("plan__listing").get(pk=subscription.pk)
+    subscription = (
+        Subscription.objects.select_for_update(of=("self",)).select_related("plan__listing").get(pk=subscription.pk)
+    )
     if not amount_cents or _in_trial(subscription=subscription, period_end=subscription.current_period_end):
         return None
     existing = _local_invoice_get(subscription=subscription, period_start=at, reason=PRORATION)

@@ -150,7 +150,7 @@ def publisher_account_sync(
     """
     with transaction.atomic():
         account = (
-            PublisherAccount.objects.select_for_update()
+            PublisherAccount.objects.select_for_update(of=("self",))
             .select_related("organization")
             .filter(stripe_account_id=stripe_account.get("id") or "")
             .first()
@@ -281,7 +281,7 @@ def payout_send(*, payout_id: int) -> Payout:
     """
     unavailable: payments.StripeUnavailable | None = None
     with transaction.atomic():
-        payout = Payout.objects.select_for_update().select_related("invoice", "publisher").get(pk=payout_id)
+        payout = Payout.objects.select_for_update(of=("self",)).select_related("invoice", "publisher").get(pk=payout_id)
         if payout.status == PayoutStatus.PAID:
             return payout
         if payout.invoice.backend != "stripe":

@@ -63,6 +63,7 @@ _BROADCAST_ROUTE = {
     "routing_key": INFERENCE_BROADCAST_QUEUE,
 }
 CELERY_TASK_ROUTES = {
+    **CELERY_TASK_ROUTES,
     "inference.inference_run": {"queue": INFERENCE_QUEUE},
     "inference.model_warm": _BROADCAST_ROUTE,
     "inference.model_evict": _BROADCAST_ROUTE,

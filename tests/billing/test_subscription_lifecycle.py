@@ -124,6 +124,8 @@ def test_local_upgrade_applies_now_and_downgrade_at_the_period_end(pro_plan, max
     change = AuditLogEntry.objects.filter(action=AuditAction.SUBSCRIPTION_PLAN_CHANGED).get()
     assert change.reason == "upgrade" and change.data["to_plan_id"] == max_plan.pk
     assert 4900 <= change.data["proration_cents"] <= 5000  # $99 - $49 for (almost) the whole period
+    proration = Invoice.objects.get(subscription=subscription, billing_reason="proration")
+    assert (proration.total_cents, proration.status) == (change.data["proration_cents"], "paid")
 
     services.subscription_plan_change(subscription=subscription, user=owner, plan=metered_plan)
     subscription.refresh_from_db()
