@@ -74,6 +74,14 @@ class TermsAcceptForm(forms.Form):
 
 
 class TestCardForm(forms.Form):
-    card_number = forms.CharField(label="Card number", max_length=30)
-    expiry = forms.CharField(label="Expiry (MM/YY)", max_length=7, required=False)
-    cvc = forms.CharField(label="CVC", max_length=4, required=False)
+    card_number = forms.CharField(
+        label="Card number",
+        max_length=30,
+        widget=forms.TextInput(attrs={"autocomplete": "cc-number", "inputmode": "numeric"}),
+    )
+    expiry = forms.CharField(
+        label="Expiry (MM/YY)", max_length=7, required=False, widget=forms.TextInput(attrs={"autocomplete": "cc-exp"})
+    )
+    cvc = forms.CharField(
+        label="CVC", max_length=4, required=False, widget=forms.TextInput(attrs={"autocomplete": "cc-csc"})
+    )
