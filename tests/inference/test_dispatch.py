@@ -87,8 +87,10 @@ def test_tensors_round_trip_through_the_celery_encoding():
 # --- inline ------------------------------------------------------------------------------------------------
 
 
-def test_inline_infer_runs_on_this_process_host(s3, settings):
+def test_inline_infer_runs_on_this_process_host(s3, settings, tmp_path):
     settings.INFERENCE_DISPATCH = "inline"
+    # Own disk cache: the same classifier bytes (same sha256) may already be cached by an earlier test.
+    settings.MODEL_CACHE_DIR = str(tmp_path)
     data = onnx_classifier_bytes()
     ref = _ref(s3, data, batchable=True)
     x = np.random.default_rng(1).random((3, 4), dtype=np.float32) * 5
