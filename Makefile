@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench-catalog clean
+.PHONY: run test lint bench-catalog bench-inference clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(VENV)/.installed
 
 bench-catalog: $(VENV)/.installed
 	$(BIN)/python bench/catalog.py
+
+# Needs wrk (apt-get install wrk), PostgreSQL and Redis on loopback; starts SeaweedFS, gunicorn and Celery itself.
+bench-inference: $(VENV)/.installed
+	$(BIN)/python bench/inference.py
 
 clean:
 	rm -rf var

@@ -457,8 +457,12 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def report(results: dict[str, Result], batching: dict[str, Result], load: tuple[float, float]) -> str:
+def report(results: dict[str, Result], batching: dict[str, Result], load: tuple[float, float], threads: int) -> str:
+    intra = os.environ.get("INFERENCE_INTRA_OP_THREADS") or "ONNX Runtime's default"
     lines = [
+        f"gunicorn {GUNICORN_WORKERS} workers × {threads} threads (gthread); Celery worker -P threads "
+        f"-c {CELERY_CONCURRENCY}; INFERENCE_INTRA_OP_THREADS: {intra}; server CPU excludes Redis and PostgreSQL.",
+        "",
         "| path | concurrency | req/s | p50 ms | p99 ms | failed | server CPU ms/req | client CPU (cores) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -702,7 +706,7 @@ def main() -> int:
         order = ["a1", "a32", "b1", "b32", "c1", "c32", "d1", "d32"]
         results = {k: results[k] for k in order if k in results}
         print()
-        print(report(results, batching, (load_before, os.getloadavg()[0])))
+        print(report(results, batching, (load_before, os.getloadavg()[0]), args.threads))
         return 0
     finally:
         procs.stop_all()

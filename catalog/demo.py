@@ -346,7 +346,22 @@ def _org(user: Any, name: str) -> Any:
     from accounts.services import organization_create
 
     org = Organization.objects.filter(name=name).first()
-    return org or organization_create(user=user, name=name)
+    if org is not None:
+        return org
+    # Signup gave the demo user a personal organization; name it after the demo company instead of adding a
+    # second one, so the org switcher starts on the organization that owns the demo data.
+    personal = Organization.objects.filter(
+        name=f"{user.display_name}'s organization", memberships__user=user, memberships__role="owner"
+    ).first()
+    if personal is not None:
+        from django.utils.text import slugify
+
+        slug = slugify(name)[:60]
+        if not Organization.objects.filter(slug=slug).exists():
+            personal.name, personal.slug = name, slug
+            personal.save(update_fields=["name", "slug"])
+            return personal
+    return organization_create(user=user, name=name)
 
 
 def _upload(instructions: dict[str, Any], payload: bytes) -> list[dict[str, Any]] | None:

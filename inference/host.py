@@ -34,6 +34,7 @@ from inference import cache, metrics, runtime
 from inference.batching import Batcher
 from inference.errors import ModelUnavailable
 
+_cpu_fallback_logged = False
 logger = logging.getLogger(__name__)
 
 SESSION_MEMORY_FACTOR = 2.0
@@ -202,7 +203,11 @@ class ModelHost:
         metrics.PROVIDER_INFO.labels(version=name, provider=handle.provider).set(1)
         metrics.MEMORY_BYTES.set(used)
         if handle.requested_gpu and not handle.gpu:
-            logger.warning("Version %s: CUDA was requested but the session runs on %s", name, handle.provider)
+            # onnxruntime-gpu lists the CUDA provider even where no GPU or CUDA libraries are: say it once.
+            global _cpu_fallback_logged
+            level = logging.INFO if _cpu_fallback_logged else logging.WARNING
+            _cpu_fallback_logged = True
+            logger.log(level, "Version %s: CUDA was requested but the session runs on %s", name, handle.provider)
         logger.info(
             "Loaded version %s (%s bytes accounted) on %s in %.0f ms",
             name,

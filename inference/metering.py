@@ -20,7 +20,7 @@ import math
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -140,7 +140,9 @@ class ErrorEntry:
 
 
 def entry_encode(entry: UsageEntry | ErrorEntry) -> bytes:
-    return json.dumps(asdict(entry), separators=(",", ":")).encode()
+    # Flat dataclasses of plain values: vars() is what asdict() returns, without its recursive deep copy (30 µs a
+    # call, on the hot path).
+    return json.dumps(vars(entry), separators=(",", ":")).encode()
 
 
 def _us_to_retry_after(microseconds: float) -> int:

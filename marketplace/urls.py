@@ -7,6 +7,11 @@ from inference.metrics import metrics_view
 from marketplace import views
 
 urlpatterns = [
+    # The inference API first: Django tries patterns in order, and /v2 is the hot path (resolving it after every
+    # other app's patterns cost about 7% of a call's CPU).
+    # KServe V2 server metadata lives at /v2 exactly (clients do not follow a redirect to /v2/).
+    path("v2", inference_views.server_metadata, name="v2-server-metadata"),
+    path("v2/", include("inference.urls")),
     path("", include("catalog.urls")),
     path("publish/", include("catalog.publish_urls")),
     path("accounts/", include("accounts.urls")),
@@ -17,9 +22,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
-    # KServe V2 server metadata lives at /v2 exactly (clients do not follow a redirect to /v2/).
-    path("v2", inference_views.server_metadata, name="v2-server-metadata"),
-    path("v2/", include("inference.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),
 ]
