@@ -22,6 +22,7 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy accounts catalog moderation marketplace inference billing
 
 bench-catalog: $(VENV)/.installed
 	$(BIN)/python bench/catalog.py

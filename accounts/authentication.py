@@ -99,8 +99,9 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = ApiKeyAuthentication
     name = "apiKey"
 
-    def get_security_requirement(self, auto_schema: Any) -> dict[str, list] | None:
-        return {self.name: []} if getattr(auto_schema.view, "api_key_access", None) in ("url", "key") else None
+    def get_security_requirement(self, auto_schema: Any) -> dict[str, list] | list[dict[str, list]]:
+        # An empty list adds no requirement, the same as the None drf-spectacular also accepts.
+        return {self.name: []} if getattr(auto_schema.view, "api_key_access", None) in ("url", "key") else []
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
         return {

@@ -109,6 +109,7 @@ def api_key_hash(*, raw_key: str) -> str:
 def _api_key_load(*, public_id: str) -> ApiKey | None:
     """The key row by its unique (indexed) public id, with its listing ids; one query on PostgreSQL."""
     qs = ApiKey.objects.filter(public_id=public_id)
+    api_key: ApiKey | None
     if connection.vendor == "postgresql":
         from django.contrib.postgres.aggregates import ArrayAgg
 

@@ -16,9 +16,15 @@ One small ONNX model (an MLP, 20 features → 2 scores, one row a request) is me
   (c) ``POST /v2/models/<listing>/infer``: the full metered path (key, subscription, rate limit, quota, usage
       record, metrics), ``INFERENCE_DISPATCH=inline``;
   (d) the same in celery mode: the web process sends each request to a Celery worker (``-P threads -c 16``).
-at concurrency 1 and 32. Micro-batching: a batchable MLP (1024 → 2048 → 2048 → 2048 → 10, where one row alone
-wastes most of a matrix multiply) through the /v2 path at concurrency 64, with ``max_batch_size`` 32 and
-``max_queue_delay_ms`` 2 against ``max_batch_size`` 1 (batching off).
+at concurrency 1 and 32. Micro-batching: two batchable MLPs (256 → 1024 → 1024 → 10, whose row costs less than
+the request around it, and 2048 → 8192 → 8192 → 10, 336 MB, where one row alone is a memory-bound matrix-vector
+product) through the /v2 path at concurrency 64, one row a request, with ``max_batch_size`` 32 and
+``max_queue_delay_ms`` 2 against ``max_batch_size`` 1 (off).
+
+By default the servers run as the product does (gunicorn 2 workers × 4 threads, ONNX Runtime's default intra-op
+threads). What batching needs on this machine, for comparison:
+
+    INFERENCE_INTRA_OP_THREADS=1 .venv/bin/python bench/inference.py --threads 32
 
 HTTP load: ``wrk`` (Debian package ``wrk``) with a Lua script for the POST body, keep-alive connections, loopback.
 The machine has 2 cores: the load generator, gunicorn, Redis, PostgreSQL and the worker share them, so the
@@ -58,7 +64,9 @@ GUNICORN_WORKERS = 2
 GUNICORN_THREADS = 4
 CELERY_CONCURRENCY = 16
 TINY_SIZES = (20, 64, 64, 2)
-BATCH_SIZES = (1024, 2048, 2048, 2048, 10)
+# Batchable models: the small MLP makes a row cheap next to the request around it; the large one is where one row
+# alone wastes most of a matrix multiply (memory-bound at batch 1), as in the models micro-batching is for.
+BATCH_MODELS = {"small": (256, 1024, 1024, 10), "large": (2048, 8192, 8192, 10)}
 TARGETS = {
     "c_over_b_rps": 0.6,
     "c_minus_b_p50_ms": 1.0,
@@ -511,13 +519,14 @@ def report(results: dict[str, Result], batching: dict[str, Result], load: tuple[
                 f"{result.failures} | {result.server_cpu_ms:.2f}"
                 + (f" ({result.worker_cpu_ms:.2f} in the worker) |" if result.worker_cpu_ms else " |")
             )
+        lines.append("")
         for mode in ("inline", "celery"):
-            on, off = batching.get(f"{mode}-on"), batching.get(f"{mode}-off")
-            if on and off and off.rows_per_s:
-                gain = on.rows_per_s / off.rows_per_s
-                lines.append(
-                    f"\nBatching gain, {mode}: {gain:.2f}× (target ≥ 3×: {_verdict(gain >= TARGETS['batching_gain'])})"
-                )
+            for name in BATCH_MODELS:
+                on, off = batching.get(f"{mode}-{name}-on"), batching.get(f"{mode}-{name}-off")
+                if on and off and off.rows_per_s:
+                    gain = on.rows_per_s / off.rows_per_s
+                    verdict = _verdict(gain >= TARGETS["batching_gain"])
+                    lines.append(f"Batching gain, {mode}, {name} MLP: {gain:.2f}× (target ≥ 3×: {verdict})")
     lines.append(f"\nLoad average (1 min) before: {load[0]:.2f}, after: {load[1]:.2f}; {os.cpu_count()} CPUs.")
     return "\n".join(lines)
 
@@ -560,9 +569,9 @@ def main() -> int:
         )
         endpoint = seaweed.start()
         tiny = mlp_bytes(TINY_SIZES)
-        big = mlp_bytes(BATCH_SIZES)
         tiny_body, tiny_sample = request_body(TINY_SIZES[0])
-        big_body, big_sample = request_body(BATCH_SIZES[0], seed=2)
+        batch_models = {name: mlp_bytes(sizes) for name, sizes in BATCH_MODELS.items()}
+        batch_requests = {name: request_body(sizes[0], seed=2) for name, sizes in BATCH_MODELS.items()}
         model_path = work / "tiny.onnx"
         model_path.write_bytes(tiny)
         env = dict(os.environ)
@@ -598,9 +607,29 @@ def main() -> int:
 
         django.setup()
         log("seeding listings, plans, a subscription and a key through the services (validation included)")
-        seeded = seed({"tiny": (tiny, tiny_sample), "batched": (big, big_sample), "unbatched": (big, big_sample)})
-        batching_configure(version_id=seeded.versions["batched"], max_batch_size=32, max_queue_delay_ms=2.0)
-        batching_configure(version_id=seeded.versions["unbatched"], max_batch_size=1, max_queue_delay_ms=0.0)
+        to_seed = {"tiny": (tiny, tiny_sample)}
+        if "batching" not in skip:
+            for name, payload in batch_models.items():
+                for state in ("on", "off"):
+                    to_seed[f"{name}-{state}"] = (payload, batch_requests[name][1])
+        seeded = seed(to_seed)
+        for name in BATCH_MODELS if "batching" not in skip else ():
+            batching_configure(version_id=seeded.versions[f"{name}-on"], max_batch_size=32, max_queue_delay_ms=2.0)
+            batching_configure(version_id=seeded.versions[f"{name}-off"], max_batch_size=1, max_queue_delay_ms=0.0)
+
+        def batching_runs(mode: str) -> None:
+            for name, sizes in BATCH_MODELS.items():
+                body = batch_requests[name][0]
+                for state in ("on", "off"):
+                    url = f"{base}/v2/models/{seeded.slugs[f'{name}-{state}']}/infer"
+                    http("warm-up", url, body, auth, 64, warmup)
+                    log(f"batching {state}, {name} MLP, {mode}, concurrency 64")
+                    shape = "→".join(str(n) for n in sizes)
+                    batching[f"{mode}-{name}-{state}"] = http(
+                        f"{mode}, MLP {shape}, batching {state} (max_batch_size {32 if state == 'on' else 1})",
+                        url, body, auth, 64, duration,
+                    )  # fmt: skip
+
         auth = {"Authorization": f"Bearer {seeded.raw_key}"}
 
         if "a" not in skip:
@@ -656,14 +685,7 @@ def main() -> int:
                     log(f"(c) /v2 inline, concurrency {c}")
                     results[f"c{c}"] = http("(c) /v2 metered, inline", tiny_url, tiny_body, auth, c, duration)
             if "batching" not in skip:
-                for name, state in (("batched", "on"), ("unbatched", "off")):
-                    url = f"{base}/v2/models/{seeded.slugs[name]}/infer"
-                    http("warm-up", url, big_body, auth, 64, warmup)
-                    log(f"batching {state}, inline, concurrency 64")
-                    batching[f"inline-{state}"] = http(
-                        f"inline, batching {state} (max_batch_size {32 if state == 'on' else 1})",
-                        url, big_body, auth, 64, duration,
-                    )  # fmt: skip
+                batching_runs("inline")
             procs.stop(web)
 
         if "d" not in skip or "batching" not in skip:
@@ -680,14 +702,7 @@ def main() -> int:
                     log(f"(d) /v2 celery, concurrency {c}")
                     results[f"d{c}"] = http("(d) /v2 metered, celery", tiny_url, tiny_body, auth, c, duration)
             if "batching" not in skip:
-                for name, state in (("batched", "on"), ("unbatched", "off")):
-                    url = f"{base}/v2/models/{seeded.slugs[name]}/infer"
-                    http("warm-up", url, big_body, auth, 64, warmup)
-                    log(f"batching {state}, celery, concurrency 64")
-                    batching[f"celery-{state}"] = http(
-                        f"celery, batching {state} (max_batch_size {32 if state == 'on' else 1})",
-                        url, big_body, auth, 64, duration,
-                    )  # fmt: skip
+                batching_runs("celery")
             procs.stop(web)
             procs.stop(worker)
 

@@ -1,10 +1,10 @@
 """Plans and subscriptions under /api/v1/."""
 
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 
 from billing import api
 
-urlpatterns = [
+urlpatterns: list[URLPattern | URLResolver] = [
     path("listings/<slug:slug>/plans", api.ListingPlanListApi.as_view(), name="api-listing-plans"),
     path("plans/<int:plan_id>/deactivate", api.PlanDeactivateApi.as_view(), name="api-plan-deactivate"),
     path("subscriptions", api.SubscriptionListCreateApi.as_view(), name="api-subscriptions"),

@@ -1,10 +1,10 @@
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 
 from billing import views
 from inference import pages as inference_pages
 
 app_name = "billing"
-urlpatterns = [
+urlpatterns: list[URLPattern | URLResolver] = [
     path("", views.subscriptions, name="subscriptions"),
     path("usage/", inference_pages.usage, name="usage"),
     path("listings/<slug:slug>/subscribe/", views.subscribe, name="subscribe"),

@@ -416,7 +416,11 @@ def plan_create(request: HttpRequest, slug: str) -> HttpResponse:
         raise Http404(exc.message) from exc
     form = PlanCreateForm(request.POST)
     if not form.is_valid():
-        errors = "; ".join(f"{form.fields[f].label}: {' '.join(e)}" for f, e in form.errors.items() if f in form.fields)
+        errors = "; ".join(
+            f"{form.fields[f].label}: {' '.join(str(message) for message in e)}"
+            for f, e in form.errors.items()
+            if f in form.fields
+        )
         messages.error(request, errors or "Check the plan's fields.")
         return redirect(_manage_page(slug))
     try:

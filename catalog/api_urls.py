@@ -31,3 +31,14 @@ urlpatterns += [
         "versions/<int:version_id>/deprecate", publish_api.VersionDeprecateApi.as_view(), name="api-version-deprecate"
     ),
 ]
+
+# --- import from the Hugging Face Hub (catalog/api/hub_import.py) ---
+from catalog.api import hub_import as hub_import_api  # noqa: E402
+
+urlpatterns += [
+    path(
+        "publisher/listings/<slug:slug>/versions/import",
+        hub_import_api.PublisherVersionImportApi.as_view(),
+        name="api-publisher-listing-versions-import",
+    ),
+]

@@ -73,6 +73,29 @@ class VersionForm(forms.Form):
     )
 
 
+class HubImportForm(forms.Form):
+    """The new-version page's second way in: a file from a Hugging Face Hub model repository."""
+
+    version = forms.CharField(max_length=40, help_text="Semantic version: major.minor.patch, e.g. 1.0.0 or 1.1.0-rc.1.")
+    repo_id = forms.CharField(
+        label="Repository", max_length=200, help_text="The model repository on the Hub, e.g. acme/iris-classifier."
+    )
+    filename = forms.CharField(
+        max_length=500, initial="model.onnx", help_text="Path of the .onnx file in the repository."
+    )
+    revision = forms.CharField(max_length=200, required=False, help_text="Branch, tag or commit; main if left empty.")
+    changelog = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    sample_input = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
+        help_text="Optional JSON for the smoke test.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("prefix", "hub")  # the upload form on the same page uses the plain names
+        super().__init__(*args, **kwargs)
+
+
 def form_errors_apply(form: forms.Form, fields: dict[str, list[str]], message: str) -> None:
     """Show a service's field errors on the form; fields the form lacks become form-wide errors."""
     if not fields:

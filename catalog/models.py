@@ -143,6 +143,9 @@ class Version(models.Model):
     upload_mode = models.CharField(max_length=10, choices=UploadMode.choices, default=UploadMode.POST)
     upload_id = models.CharField(max_length=300, blank=True, help_text="S3 multipart upload id.")
     upload_completed_at = models.DateTimeField(null=True, blank=True)
+    # Where the artifact came from when not uploaded from the publisher's disk, e.g.
+    # {"hub": "acme/iris", "filename": "model.onnx", "ref": "main", "revision": "<commit>"}.
+    source = models.JSONField(default=dict, blank=True)
 
     # Optional example input (tensor name -> nested list) for the smoke test and the playground.
     sample_input = models.JSONField(null=True, blank=True)

@@ -5,6 +5,8 @@ Anything the user may not see is reported as missing (404), so other tenants' dr
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import Prefetch, QuerySet
 
 from accounts.models import MANAGER_ROLES, Organization, User
@@ -28,7 +30,7 @@ def listing_list_for_organization(*, organization: Organization) -> QuerySet[Lis
 def _listing_qs(*, user: User, manager: bool) -> QuerySet[Listing]:
     if not user.is_authenticated:
         return Listing.objects.none()
-    memberships = {"organization__memberships__user": user}
+    memberships: dict[str, Any] = {"organization__memberships__user": user}
     if manager:
         memberships["organization__memberships__role__in"] = MANAGER_ROLES
     return Listing.objects.filter(**memberships).select_related("organization", "current_version")
@@ -51,7 +53,7 @@ def listing_get_for_manager(*, user: User, slug: str) -> Listing:
 def _version_qs(*, user: User, manager: bool) -> QuerySet[Version]:
     if not user.is_authenticated:
         return Version.objects.none()
-    filters = {"listing__organization__memberships__user": user}
+    filters: dict[str, Any] = {"listing__organization__memberships__user": user}
     if manager:
         filters["listing__organization__memberships__role__in"] = MANAGER_ROLES
     return Version.objects.filter(**filters).select_related("listing", "listing__organization")

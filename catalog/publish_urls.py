@@ -8,6 +8,7 @@ urlpatterns = [
     path("listings/new/", views.listing_create, name="listing-create"),
     path("listings/<slug:slug>/", views.listing_manage, name="listing-manage"),
     path("listings/<slug:slug>/versions/new/", views.version_create, name="version-create"),
+    path("listings/<slug:slug>/versions/import/", views.version_import, name="version-import"),
     path("versions/<int:version_id>/", views.version_detail, name="version-detail"),
     path("versions/<int:version_id>/submit/", views.version_submit, name="version-submit"),
     path("versions/<int:version_id>/deprecate/", views.version_deprecate, name="version-deprecate"),

@@ -18,7 +18,8 @@ from accounts.selectors import user_can_manage
 from billing.forms import PlanCreateForm
 from billing.selectors import plan_list_for_listing
 from catalog import services
-from catalog.forms import ListingCreateForm, ListingForm, VersionForm, form_errors_apply
+from catalog.forms import HubImportForm, ListingCreateForm, ListingForm, VersionForm, form_errors_apply
+from catalog.hub_import import version_import_from_hub
 from catalog.models import Listing, Version, VersionStatus
 from catalog.publish_selectors import (
     listing_get_for_manager,
@@ -28,6 +29,7 @@ from catalog.publish_selectors import (
 )
 from catalog.templatetags.catalog_tags import ms
 from marketplace.errors import ApplicationError, NotFound
+from marketplace.typing import request_user
 
 # How the validation report's metrics read on the version page, in this order; unknown keys follow.
 METRIC_LABELS = {
@@ -43,14 +45,14 @@ METRIC_LABELS = {
 
 def _listing_or_404(request: HttpRequest, slug: str) -> Listing:
     try:
-        return listing_get_for_manager(user=request.user, slug=slug)
+        return listing_get_for_manager(user=request_user(request), slug=slug)
     except NotFound as exc:
         raise Http404(exc.message) from exc
 
 
 def _version_or_404(request: HttpRequest, version_id: int) -> Version:
     try:
-        return version_get_for_manager(user=request.user, version_id=version_id)
+        return version_get_for_manager(user=request_user(request), version_id=version_id)
     except NotFound as exc:
         raise Http404(exc.message) from exc
 
@@ -58,8 +60,12 @@ def _version_or_404(request: HttpRequest, version_id: int) -> Version:
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
     organization = getattr(request, "organization", None)
-    can_manage = organization is not None and user_can_manage(user=request.user, organization=organization)
-    listings = list(listing_list_for_organization(organization=organization)) if can_manage else []
+    can_manage = organization is not None and user_can_manage(user=request_user(request), organization=organization)
+    listings = (
+        list(listing_list_for_organization(organization=organization))
+        if organization is not None and can_manage
+        else []
+    )
     return render(
         request,
         "publish/dashboard.html",
@@ -71,13 +77,13 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def listing_create(request: HttpRequest) -> HttpResponse:
     organization = getattr(request, "organization", None)
-    if organization is None or not user_can_manage(user=request.user, organization=organization):
+    if organization is None or not user_can_manage(user=request_user(request), organization=organization):
         raise Http404("Only owners and admins of an organization can create listings.")
     form = ListingCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
             listing = services.listing_create(
-                organization=organization, user=request.user, **form.cleaned_for_service()
+                organization=organization, user=request_user(request), **form.cleaned_for_service()
             )
         except ApplicationError as exc:
             form_errors_apply(form, exc.fields, exc.message)
@@ -94,7 +100,7 @@ def listing_manage(request: HttpRequest, slug: str) -> HttpResponse:
     form = ListingForm(request.POST or None, initial=ListingForm.initial_from(listing))
     if request.method == "POST" and form.is_valid():
         try:
-            services.listing_update(listing=listing, user=request.user, **form.cleaned_for_service())
+            services.listing_update(listing=listing, user=request_user(request), **form.cleaned_for_service())
         except ApplicationError as exc:
             form_errors_apply(form, exc.fields, exc.message)
         else:
@@ -114,6 +120,10 @@ def listing_manage(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 def version_create(request: HttpRequest, slug: str) -> HttpResponse:
     listing = _listing_or_404(request, slug)
+    return _version_create_page(request, listing)
+
+
+def _version_create_page(request: HttpRequest, listing: Listing, hub_form: HubImportForm | None = None) -> HttpResponse:
     latest = version_list_for_listing(listing=listing).exclude(status=VersionStatus.WITHDRAWN).first()
     suggestion = f"{latest.major}.{latest.minor + 1}.0" if latest else "1.0.0"
     form = VersionForm(initial={"version": suggestion})
@@ -123,6 +133,7 @@ def version_create(request: HttpRequest, slug: str) -> HttpResponse:
         {
             "listing": listing,
             "form": form,
+            "hub_form": hub_form or HubImportForm(initial={"version": suggestion}),
             "max_bytes": settings.ARTIFACT_MAX_BYTES,
             "create_url": reverse("api-publisher-listing-versions", kwargs={"slug": listing.slug}),
             "complete_url_template": reverse("api-version-complete", kwargs={"version_id": 0}).replace("/0/", "/{id}/"),
@@ -132,6 +143,23 @@ def version_create(request: HttpRequest, slug: str) -> HttpResponse:
             ),
         },
     )
+
+
+@login_required
+@require_POST
+def version_import(request: HttpRequest, slug: str) -> HttpResponse:
+    """The new-version page's Hub form: record the version; a worker imports and validates the file."""
+    listing = _listing_or_404(request, slug)
+    hub_form = HubImportForm(request.POST)
+    if hub_form.is_valid():
+        try:
+            version = version_import_from_hub(listing=listing, user=request_user(request), **hub_form.cleaned_data)
+        except ApplicationError as exc:
+            form_errors_apply(hub_form, exc.fields, exc.message)
+        else:
+            messages.success(request, f"Version {version.version} is being imported from the Hugging Face Hub.")
+            return redirect("publish:version-detail", version_id=version.pk)
+    return _version_create_page(request, listing, hub_form)
 
 
 @login_required
@@ -177,13 +205,15 @@ def _version_action(request: HttpRequest, version_id: int, action: str) -> HttpR
     version = _version_or_404(request, version_id)
     try:
         if action == "submit":
-            services.version_submit(version=version, user=request.user)
+            services.version_submit(version=version, user=request_user(request))
             messages.success(request, f"Version {version.version} is submitted for review.")
         elif action == "deprecate":
-            services.version_deprecate(version=version, user=request.user)
+            services.version_deprecate(version=version, user=request_user(request))
             messages.success(request, f"Version {version.version} is deprecated.")
         else:
-            services.version_withdraw(version=version, actor=request.user, reason=request.POST.get("reason", ""))
+            services.version_withdraw(
+                version=version, actor=request_user(request), reason=request.POST.get("reason", "")
+            )
             messages.success(request, f"Version {version.version} is withdrawn.")
     except ApplicationError as exc:
         messages.error(request, exc.message)

@@ -373,7 +373,7 @@ def version_create(
     return row, instructions
 
 
-def _parts_clean(parts: Any) -> list[dict[str, Any]]:
+def _parts_clean(parts: Any) -> list[storage.Part]:
     if not parts or not isinstance(parts, list):
         raise _invalid("parts", "A multipart upload needs the list of parts: [{part_number, etag}, ...].")
     cleaned: dict[int, str] = {}
@@ -386,7 +386,7 @@ def _parts_clean(parts: Any) -> list[dict[str, Any]]:
                 "parts", "Each part needs a part_number from 1 to 10000 and the ETag storage returned for it."
             )
         cleaned[number] = etag
-    return [{"part_number": n, "etag": cleaned[n]} for n in sorted(cleaned)]
+    return [storage.Part(part_number=n, etag=cleaned[n]) for n in sorted(cleaned)]
 
 
 def _version_mark_invalid(*, version: Version, reason: str, actor: Any = None, data: dict | None = None) -> None:

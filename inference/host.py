@@ -260,7 +260,8 @@ def model_host() -> ModelHost:
         with _host_lock:
             host = _host
             if host is None:
-                host = _host_set(ModelHost())
+                host = ModelHost()
+                _host_set(host)
     return host
 
 

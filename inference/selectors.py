@@ -41,24 +41,24 @@ def usage_by_day(*, organization_id: int, start: datetime, end: datetime, listin
             "units": int(row["units"] or 0),
             "errors": 0,
         }
-    for row in (
+    for error_row in (
         errors.annotate(day=TruncDate("created_at"))
         .values("day", "listing_id", "listing__slug", "listing__name")
         .annotate(errors=Count("id"))
     ):
         entry = rows.setdefault(
-            (row["day"], row["listing_id"]),
+            (error_row["day"], error_row["listing_id"]),
             {
-                "day": row["day"],
-                "listing_id": row["listing_id"],
-                "listing_slug": row["listing__slug"],
-                "listing_name": row["listing__name"],
+                "day": error_row["day"],
+                "listing_id": error_row["listing_id"],
+                "listing_slug": error_row["listing__slug"],
+                "listing_name": error_row["listing__name"],
                 "calls": 0,
                 "units": 0,
                 "errors": 0,
             },
         )
-        entry["errors"] = row["errors"]
+        entry["errors"] = error_row["errors"]
     return sorted(rows.values(), key=lambda r: (r["day"], r["listing_slug"] or ""))
 
 

@@ -247,6 +247,11 @@ class SessionCaller:
         return f"session:{self.user_id}"
 
 
+def _empty_view(request: HttpRequest) -> HttpResponse:
+    """Stands in for the view in the CSRF check; it is never called."""
+    return HttpResponse()
+
+
 class _CsrfCheck(CsrfViewMiddleware):
     def _reject(self, request: HttpRequest, reason: str) -> Any:  # the reason, not Django's HTML 403 page
         return reason
@@ -256,9 +261,9 @@ def _infer_caller(request: HttpRequest) -> Any:
     """The API key of a Bearer call; without an Authorization header, a signed-in session (with its CSRF
     token, since the view is csrf-exempt for API clients). ``request.user`` is only touched in that case."""
     if _raw_key(request) is None and request.user.is_authenticated:
-        check = _CsrfCheck(lambda _request: HttpResponse())
+        check = _CsrfCheck(_empty_view)
         check.process_request(request)
-        reason = check.process_view(request, None, (), {})
+        reason = check.process_view(request, _empty_view, (), {})
         if reason is not None:
             raise Forbidden(f"CSRF check failed: {reason}. Reload the page and try again.", code="csrf_failed")
         organization = getattr(request, "organization", None)
@@ -275,14 +280,14 @@ def _infer_caller(request: HttpRequest) -> Any:
 def _observe(call: _Call | None, slug: str, status: int, started: float) -> None:
     from inference import metrics
 
-    known = call is not None and call.listing_id is not None
+    known = call if call is not None and call.listing_id is not None else None
     metrics.request_observe(
-        listing=slug if known else "",
-        version=call.version_label if known else "",
+        listing=slug if known is not None else "",
+        version=known.version_label if known is not None else "",
         status=status,
         latency_s=time.perf_counter() - started,
-        queue_ms=call.queue_ms if known else None,
-        compute_ms=call.compute_ms if known else None,
+        queue_ms=known.queue_ms if known is not None else None,
+        compute_ms=known.compute_ms if known is not None else None,
     )
 
 
@@ -573,9 +578,9 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
         assert decision.stored is not None
         return _replay(decision.stored)
     if not decision.admitted:
-        exc = _rejection(decision)
-        _error_record(call, exc)
-        raise exc
+        rejection = _rejection(decision)
+        _error_record(call, rejection)
+        raise rejection
 
     # Admitted: units are reserved. From here on every failure refunds them and is counted as an error.
     # The units before this call are reserved too, so the cost is exact, not an estimate, even with concurrent
@@ -613,9 +618,11 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
         raise
     except Exception:
         logger.exception("Call %s to %s@%s failed", call.request_id, slug, served.version)
-        exc = ApplicationError("The call failed on our side; it was not charged.", code="internal_error", status=500)
-        _error_record(call, exc, admission)
-        raise exc from None
+        failure = ApplicationError(
+            "The call failed on our side; it was not charged.", code="internal_error", status=500
+        )
+        _error_record(call, failure, admission)
+        raise failure from None
 
     call.queue_ms, call.compute_ms = result.queue_ms, result.compute_ms
     headers["X-Request-Id"] = call.request_id

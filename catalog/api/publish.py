@@ -29,6 +29,7 @@ from catalog.publish_selectors import (
     version_list_for_listing,
 )
 from marketplace.errors import ApplicationError, Conflict
+from marketplace.typing import request_user
 
 TAGS = ["publishing"]
 
@@ -37,7 +38,7 @@ TAGS = ["publishing"]
 
 
 class PublisherVersionOutputSerializer(serializers.ModelSerializer):
-    listing = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    listing: serializers.SlugRelatedField[Listing] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     status_display = serializers.CharField(source="get_status_display", read_only=True)
     report = serializers.JSONField(source="validation_report", read_only=True)
     signature = serializers.JSONField(read_only=True)
@@ -58,6 +59,7 @@ class PublisherVersionOutputSerializer(serializers.ModelSerializer):
             "artifact_sha256",
             "upload_mode",
             "upload_completed_at",
+            "source",
             "sample_input",
             "signature",
             "report",
@@ -75,7 +77,9 @@ class PublisherVersionOutputSerializer(serializers.ModelSerializer):
 
 
 class PublisherListingOutputSerializer(serializers.ModelSerializer):
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     tags = serializers.SerializerMethodField()
     current_version = serializers.SerializerMethodField()
 
@@ -106,7 +110,7 @@ class PublisherListingOutputSerializer(serializers.ModelSerializer):
         return sorted(tag.name for tag in obj.tags.all())
 
     def get_current_version(self, obj: Listing) -> str | None:
-        return obj.current_version.version if obj.current_version_id else None
+        return obj.current_version.version if obj.current_version is not None else None
 
 
 class PublisherVersionSummarySerializer(serializers.Serializer):
@@ -139,7 +143,8 @@ class UploadPartSerializer(serializers.Serializer):
 class UploadInstructionsSerializer(serializers.Serializer):
     mode = serializers.ChoiceField(choices=["post", "multipart"])
     url = serializers.URLField(required=False, help_text="mode=post: the form's action URL.")
-    fields = serializers.DictField(
+    # The serializer metaclass moves declared fields off the class, so this does not shadow Serializer.fields.
+    fields = serializers.DictField(  # type: ignore[assignment]
         child=serializers.CharField(), required=False, help_text="mode=post: form fields to send before the file."
     )
     upload_id = serializers.CharField(required=False, help_text="mode=multipart: the S3 upload id.")
@@ -165,7 +170,7 @@ def _version_data(version: Version) -> dict[str, Any]:
 def _organization_for_request(request: Request, slug: str | None) -> Organization:
     """The organization a new listing goes to: the one named, the switcher's, or the only one managed."""
     if slug:
-        org = organization_list_for_user(user=request.user).filter(slug=slug).first()
+        org = organization_list_for_user(user=request_user(request)).filter(slug=slug).first()
         if org is None:
             raise ApplicationError(
                 "Unknown organization.",
@@ -173,7 +178,7 @@ def _organization_for_request(request: Request, slug: str | None) -> Organizatio
                 fields={"organization": ["You are not a member of an organization with this slug."]},
             )
         return org
-    managed = list(organization_list_managed(user=request.user))
+    managed = list(organization_list_managed(user=request_user(request)))
     current = getattr(request._request, "organization", None)
     if current is not None and current in managed:
         return current
@@ -215,7 +220,7 @@ class PublisherListingListCreateApi(APIView):
     )
     def get(self, request: Request) -> Response:
         listings: list[Listing] = []
-        for org in organization_list_for_user(user=request.user):
+        for org in organization_list_for_user(user=request_user(request)):
             listings.extend(listing_list_for_organization(organization=org))
         return Response({"results": PublisherListingOutputSerializer(listings, many=True).data})
 
@@ -231,7 +236,7 @@ class PublisherListingListCreateApi(APIView):
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         organization = _organization_for_request(request, data.pop("organization", None))
-        listing = services.listing_create(organization=organization, user=request.user, **data)
+        listing = services.listing_create(organization=organization, user=request_user(request), **data)
         return Response(PublisherListingDetailOutputSerializer(listing).data, status=status.HTTP_201_CREATED)
 
 
@@ -255,7 +260,7 @@ class PublisherListingDetailApi(APIView):
         tags=TAGS, operation_id="publisher_listings_retrieve", responses={200: PublisherListingDetailOutputSerializer}
     )
     def get(self, request: Request, slug: str) -> Response:
-        listing = listing_get_for_member(user=request.user, slug=slug)
+        listing = listing_get_for_member(user=request_user(request), slug=slug)
         return Response(PublisherListingDetailOutputSerializer(listing).data)
 
     @extend_schema(
@@ -266,10 +271,10 @@ class PublisherListingDetailApi(APIView):
         responses={200: PublisherListingDetailOutputSerializer},
     )
     def patch(self, request: Request, slug: str) -> Response:
-        listing = listing_get_for_member(user=request.user, slug=slug)
+        listing = listing_get_for_member(user=request_user(request), slug=slug)
         serializer = self.InputSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        listing = services.listing_update(listing=listing, user=request.user, **serializer.validated_data)
+        listing = services.listing_update(listing=listing, user=request_user(request), **serializer.validated_data)
         return Response(PublisherListingDetailOutputSerializer(listing).data)
 
 
@@ -300,7 +305,7 @@ class PublisherVersionCreateApi(APIView):
         responses={200: PublisherVersionOutputSerializer(many=True)},
     )
     def get(self, request: Request, slug: str) -> Response:
-        listing = listing_get_for_member(user=request.user, slug=slug)
+        listing = listing_get_for_member(user=request_user(request), slug=slug)
         versions = version_list_for_listing(listing=listing).select_related("listing")
         return Response({"results": PublisherVersionOutputSerializer(versions, many=True).data})
 
@@ -315,10 +320,12 @@ class PublisherVersionCreateApi(APIView):
         responses={201: VersionCreatedSerializer},
     )
     def post(self, request: Request, slug: str) -> Response:
-        listing = listing_get_for_member(user=request.user, slug=slug)
+        listing = listing_get_for_member(user=request_user(request), slug=slug)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        version, upload = services.version_create(listing=listing, user=request.user, **serializer.validated_data)
+        version, upload = services.version_create(
+            listing=listing, user=request_user(request), **serializer.validated_data
+        )
         return Response({"version": _version_data(version), "upload": upload}, status=status.HTTP_201_CREATED)
 
 
@@ -332,7 +339,7 @@ class VersionDetailApi(APIView):
         responses={200: PublisherVersionOutputSerializer},
     )
     def get(self, request: Request, version_id: int) -> Response:
-        version = version_get_for_member(user=request.user, version_id=version_id)
+        version = version_get_for_member(user=request_user(request), version_id=version_id)
         return Response(_version_data(version))
 
 
@@ -346,7 +353,7 @@ class VersionUploadApi(APIView):
         responses={200: UploadInstructionsSerializer},
     )
     def get(self, request: Request, version_id: int) -> Response:
-        version = version_get_for_manager(user=request.user, version_id=version_id)
+        version = version_get_for_manager(user=request_user(request), version_id=version_id)
         if version.status != VersionStatus.UPLOADING:
             raise Conflict(f"Version {version.version} is not uploading any more.", code="invalid_state")
         return Response(services.version_upload_instructions(version=version))
@@ -376,11 +383,11 @@ class VersionCompleteApi(APIView):
         responses={200: PublisherVersionOutputSerializer},
     )
     def post(self, request: Request, version_id: int) -> Response:
-        version = version_get_for_member(user=request.user, version_id=version_id)
+        version = version_get_for_member(user=request_user(request), version_id=version_id)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         parts = serializer.validated_data.get("parts")
-        version = services.version_upload_complete(version=version, user=request.user, parts=parts)
+        version = services.version_upload_complete(version=version, user=request_user(request), parts=parts)
         return Response(_version_data(version))
 
 
@@ -395,8 +402,8 @@ class VersionSubmitApi(APIView):
         responses={200: PublisherVersionOutputSerializer},
     )
     def post(self, request: Request, version_id: int) -> Response:
-        version = version_get_for_member(user=request.user, version_id=version_id)
-        version = services.version_submit(version=version, user=request.user)
+        version = version_get_for_member(user=request_user(request), version_id=version_id)
+        version = services.version_submit(version=version, user=request_user(request))
         return Response(_version_data(version))
 
 
@@ -417,10 +424,10 @@ class VersionWithdrawApi(APIView):
         responses={200: PublisherVersionOutputSerializer},
     )
     def post(self, request: Request, version_id: int) -> Response:
-        version = version_get_for_member(user=request.user, version_id=version_id)
+        version = version_get_for_member(user=request_user(request), version_id=version_id)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        version = services.version_withdraw(version=version, actor=request.user, **serializer.validated_data)
+        version = services.version_withdraw(version=version, actor=request_user(request), **serializer.validated_data)
         return Response(_version_data(version))
 
 
@@ -435,6 +442,6 @@ class VersionDeprecateApi(APIView):
         responses={200: PublisherVersionOutputSerializer},
     )
     def post(self, request: Request, version_id: int) -> Response:
-        version = version_get_for_member(user=request.user, version_id=version_id)
-        version = services.version_deprecate(version=version, user=request.user)
+        version = version_get_for_member(user=request_user(request), version_id=version_id)
+        version = services.version_deprecate(version=version, user=request_user(request))
         return Response(_version_data(version))

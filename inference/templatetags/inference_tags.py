@@ -57,7 +57,7 @@ def playground_state(context: template.Context) -> dict[str, Any]:
     )
     versions: list[PlaygroundVersion] = []
     selected_version = None
-    preferred = subscription.pinned_version_id or current.pk
+    preferred = (subscription.pinned_version_id if subscription is not None else None) or current.pk
     for row in rows:
         built = playground_version(listing_slug=listing.slug, version=row, absolute=absolute)
         if not built.fields:

@@ -6,6 +6,7 @@ from .billing import *  # noqa: F403
 from .celery import *  # noqa: F403
 from .database import *  # noqa: F403
 from .email import *  # noqa: F403
-from .marketplace import *  # noqa: F403
+from .hub import *  # noqa: F403
 from .inference import *  # noqa: F403
+from .marketplace import *  # noqa: F403
 from .storage import *  # noqa: F403

@@ -30,6 +30,7 @@ VALIDATION_QUEUE = env.str("VALIDATION_QUEUE", default="validation")
 # Each task's queue is declared here (Celery's task_routes), next to the queue names.
 CELERY_TASK_ROUTES: dict[str, dict[str, str]] = {
     "catalog.version_validate": {"queue": VALIDATION_QUEUE},
+    "catalog.version_hub_import": {"queue": VALIDATION_QUEUE},  # downloads to the worker's disk
 }
 # Tasks outside the apps' tasks.py modules (autodiscovery only finds those).
 CELERY_IMPORTS = ["inference.tasks_metering"]

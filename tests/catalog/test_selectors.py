@@ -76,7 +76,9 @@ def test_filters_combine_with_each_other_and_the_query():
     target = PublishedListingFactory(
         slug="target", name="Sepsis alert", domain="healthcare", task="classification", license="mit", tags=["icu"]
     )
-    PublishedListingFactory(slug="wrong-task", name="Sepsis embedder", domain="healthcare", task="embedding", license="mit")
+    PublishedListingFactory(
+        slug="wrong-task", name="Sepsis embedder", domain="healthcare", task="embedding", license="mit"
+    )
     PublishedListingFactory(slug="wrong-license", name="Sepsis alert pro", domain="healthcare", task="classification",
                             license="commercial")  # fmt: skip
     PublishedListingFactory(slug="wrong-domain", name="Sepsis finance", domain="finance", task="classification",
