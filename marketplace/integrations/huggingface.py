@@ -271,8 +271,8 @@ def hub_file_fetch(
         raise HubUnavailable(f"The Hugging Face Hub could not be reached: {exc}") from exc
 
     path = Path(local)
-    snapshot = path.relative_to(cache_dir).parts  # models--org--name / snapshots / <commit> / ...
-    commit = snapshot[2] if len(snapshot) > 3 and snapshot[1] == "snapshots" else revision
-    if not _COMMIT_RE.match(commit):  # pragma: no cover - the library always returns a snapshot path
-        commit = revision
-    return HubFile(path=path, repo_id=repo_id, filename=filename, commit=commit)
+    # The library returns .../snapshots/<commit>/<filename>, the filename possibly in folders.
+    commit = path.parents[len(filename.split("/")) - 1].name
+    return HubFile(
+        path=path, repo_id=repo_id, filename=filename, commit=commit if _COMMIT_RE.match(commit) else revision
+    )

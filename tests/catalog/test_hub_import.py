@@ -88,9 +88,8 @@ def _import_url(listing) -> str:
 
 
 def _finished(version_id: int) -> Version:
-    return wait_for(
-        lambda: (v := Version.objects.get(pk=version_id)).status in FINISHED and v, timeout=90, message="import stuck"
-    )
+    wait_for(lambda: Version.objects.get(pk=version_id).status in FINISHED, timeout=90, message="import stuck")
+    return Version.objects.get(pk=version_id)
 
 
 # --- the integration, on its own -------------------------------------------------------------------
@@ -167,6 +166,7 @@ def test_import_is_fetched_stored_and_validated_by_the_worker(publisher, hub_cac
 
     version = _finished(body["id"])
     assert version.status == VersionStatus.READY, version.status_reason
+    assert version.signature is not None
     assert [tensor["name"] for tensor in version.signature["inputs"]] == ["input"]
     assert version.validation_report["smoke"]["input_source"] == "sample"
     data = onnx_classifier_bytes()
