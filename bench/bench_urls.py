@@ -57,5 +57,6 @@ def session_run(request: HttpRequest) -> HttpResponse:
 
 
 # Right after the product's /v2 routes (the first ones), so both resolve at the same cost.
-_v2_end = max(i for i, pattern in enumerate(product_urlpatterns) if str(pattern.pattern).startswith("v2")) + 1
+_v2 = [i for i, entry in enumerate(product_urlpatterns) if str(getattr(entry, "pattern", "")).startswith("v2")]
+_v2_end = max(_v2) + 1
 urlpatterns = [*product_urlpatterns[:_v2_end], path("bench/session-run", session_run), *product_urlpatterns[_v2_end:]]

@@ -21,10 +21,10 @@ the request around it, and 2048 → 8192 → 8192 → 10, 336 MB, where one row 
 product) through the /v2 path at concurrency 64, one row a request, with ``max_batch_size`` 32 and
 ``max_queue_delay_ms`` 2 against ``max_batch_size`` 1 (off).
 
-By default the servers run as the product does (gunicorn 2 workers × 4 threads, ONNX Runtime's default intra-op
-threads). What batching needs on this machine, for comparison:
+By default the servers run as the product does (gunicorn 2 workers × 16 threads, one ONNX Runtime intra-op
+thread per session: INFERENCE_INTRA_OP_THREADS=1). For comparison with more threads:
 
-    INFERENCE_INTRA_OP_THREADS=1 .venv/bin/python bench/inference.py --threads 32
+    .venv/bin/python bench/inference.py --threads 32
 
 HTTP load: ``wrk`` (Debian package ``wrk``) with a Lua script for the POST body, keep-alive connections, loopback.
 The machine has 2 cores: the load generator, gunicorn, Redis, PostgreSQL and the worker share them, so the
@@ -59,9 +59,9 @@ PY = sys.executable
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/marketplace_bench_inference"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
-# The product's web server (scripts/run.py): gunicorn, 2 workers × 4 threads (gthread).
+# The product's web server (scripts/run.py): gunicorn, 2 workers × 16 threads (gthread).
 GUNICORN_WORKERS = 2
-GUNICORN_THREADS = 4
+GUNICORN_THREADS = 16
 CELERY_CONCURRENCY = 16
 TINY_SIZES = (20, 64, 64, 2)
 # Batchable models: the small MLP makes a row cheap next to the request around it; the large one is where one row

@@ -147,7 +147,7 @@ def main() -> int:
                 "-w",
                 "2",
                 "--threads",
-                "4",
+                "16",
                 "--access-logfile",
                 "-",
             ],

@@ -11,7 +11,10 @@ INFERENCE_MAX_BODY_BYTES = env.int("INFERENCE_MAX_BODY_BYTES", default=16 * 1024
 INFERENCE_MAX_ELEMENTS = env.int("INFERENCE_MAX_ELEMENTS", default=2_000_000)
 INFERENCE_DEFAULT_RATE_PER_SECOND = env.int("INFERENCE_DEFAULT_RATE_PER_SECOND", default=100)
 INFERENCE_PREFER_GPU = env.bool("INFERENCE_PREFER_GPU", default=True)
-INFERENCE_INTRA_OP_THREADS = env.int("INFERENCE_INTRA_OP_THREADS", default=0) or None
+# One intra-op thread per session by default: a server runs many requests at once (and micro-batches them), and
+# ONNX Runtime's per-core spinning thread pool in every process would eat the CPU those requests need.
+# 0 means ONNX Runtime's own default (one thread per core), better for one big model per machine.
+INFERENCE_INTRA_OP_THREADS = env.int("INFERENCE_INTRA_OP_THREADS", default=1) or None
 # Redis for rate limits, quotas, idempotency and the usage buffer. Empty: a local backend that needs no
 # server (the embedded default; counters in process memory and usage written straight to the database).
 INFERENCE_REDIS_URL = env.str("INFERENCE_REDIS_URL", default="")
