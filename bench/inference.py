@@ -466,7 +466,7 @@ def _verdict(ok: bool) -> str:
 
 
 def report(results: dict[str, Result], batching: dict[str, Result], load: tuple[float, float], threads: int) -> str:
-    intra = os.environ.get("INFERENCE_INTRA_OP_THREADS") or "ONNX Runtime's default"
+    intra = os.environ.get("INFERENCE_INTRA_OP_THREADS") or "1 (the default)"
     lines = [
         f"gunicorn {GUNICORN_WORKERS} workers × {threads} threads (gthread); Celery worker -P threads "
         f"-c {CELERY_CONCURRENCY}; INFERENCE_INTRA_OP_THREADS: {intra}; server CPU excludes Redis and PostgreSQL.",
