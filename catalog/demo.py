@@ -22,6 +22,14 @@ DEMO_PASSWORD = "demo-pass-123"
 DEMO_PLAN_NAME = "Free"
 DEMO_PLAN_QUOTA_UNITS = 10_000
 DEMO_SUBSCRIBED_SLUGS = ("iris-species", "wine-cultivar", "digit-recognizer-8x8")
+# Paid plans on the commercial listings (name, kind, monthly fee, included units, price per 1,000 units, in cents),
+# and the one the buyer pays for through the local checkout with the test card, so the demo shows the money flow.
+DEMO_PAID_PLANS = {
+    "coastal-house-prices": [("Pro", "flat", 4900, 100_000, 50), ("Pay as you go", "metered", 0, None, 200)],
+    "credit-default-warning": [("Team", "flat", 1900, 50_000, 40), ("Pay as you go", "metered", 0, None, 150)],
+}
+DEMO_PAID_SUBSCRIPTION = ("coastal-house-prices", "Pay as you go")
+DEMO_TEST_CARD = "4242 4242 4242 4242"
 # `make run` sets DEMO_API_KEY (scripts/run.py documents the value) so its banner can print a working
 # curl command; without it no key with a known value is ever created.
 DEMO_API_KEY_ENV = "DEMO_API_KEY"
@@ -489,8 +497,58 @@ def _plans_and_subscriptions(*, publisher: Any, buyer: Any, buyer_org: Any, log:
                     organization=buyer_org, user=buyer, plan=plan, accept_license=True, ip_address="127.0.0.1"
                 )
                 log(f"  {buyer_org.name} subscribes to {listing.name} ({DEMO_PLAN_NAME})")
+    _paid_plans(publisher=publisher, buyer=buyer, buyer_org=buyer_org, listings=listings, log=log)
     # A demo database that sat for more than a month: roll the free periods forward.
     subscription_periods_renew()
+
+
+def _paid_plans(
+    *, publisher: Any, buyer: Any, buyer_org: Any, listings: dict[str, Any], log: Callable[[str], None]
+) -> None:
+    """Paid plans on two listings, and one paid subscription bought through the local checkout's test card."""
+    from django.conf import settings
+
+    from billing.checkout import checkout_local_pay, checkout_start
+    from billing.models import Plan, Subscription, SubscriptionStatus
+    from billing.services import plan_create
+
+    for slug, plans in DEMO_PAID_PLANS.items():
+        listing = listings.get(slug)
+        if listing is None:
+            continue
+        for name, kind, monthly_cents, included, per_1000_cents in plans:
+            if not Plan.objects.filter(listing=listing, name=name, is_active=True).exists():
+                plan_create(
+                    listing=listing,
+                    user=publisher,
+                    name=name,
+                    kind=kind,
+                    monthly_quota_units=included,
+                    monthly_price_cents=monthly_cents,
+                    price_per_1000_units_cents=per_1000_cents,
+                )
+    slug, plan_name = DEMO_PAID_SUBSCRIPTION
+    listing = listings.get(slug)
+    if listing is None or not listing.is_public or settings.BILLING_BACKEND != "local":
+        return  # with Stripe keys set, a person checks out through Stripe instead
+    if (
+        Subscription.objects.filter(organization=buyer_org, listing=listing)
+        .exclude(status=SubscriptionStatus.CANCELED)
+        .exists()
+    ):
+        return
+    plan = Plan.objects.get(listing=listing, name=plan_name, is_active=True)
+    session = checkout_start(
+        organization=buyer_org,
+        user=buyer,
+        plan=plan,
+        accept_license=True,
+        ip_address="127.0.0.1",
+        success_url="/billing/",
+        cancel_url=f"/s/{slug}/",
+    )
+    checkout_local_pay(session_id=session.session_id, user=buyer, card_number=DEMO_TEST_CARD, ip_address="127.0.0.1")
+    log(f"  {buyer_org.name} subscribes to {listing.name} ({plan_name}), paid with the test card")
 
 
 def _demo_api_key(*, buyer: Any, buyer_org: Any, raw_key: str, log: Callable[[str], None]) -> None:

@@ -27,11 +27,18 @@ def test_demo_plans_subscriptions_and_key_are_idempotent(make_user, make_org):
         demo._plans_and_subscriptions(publisher=publisher, buyer=buyer, buyer_org=contoso, log=lambda _m: None)
         demo._demo_api_key(buyer=buyer, buyer_org=contoso, raw_key=DEMO_KEY, log=lambda _m: None)
 
-    assert Plan.objects.count() == len(demo.SPECIALISTS)
-    assert set(Plan.objects.values_list("name", "monthly_quota_units")) == {("Free", 10_000)}
+    paid = sum(len(plans) for plans in demo.DEMO_PAID_PLANS.values())
+    assert Plan.objects.count() == len(demo.SPECIALISTS) + paid
+    assert Plan.objects.filter(kind="free").count() == len(demo.SPECIALISTS)
+    assert set(Plan.objects.filter(kind="free").values_list("name", "monthly_quota_units")) == {("Free", 10_000)}
+    assert set(Plan.objects.exclude(kind="free").values_list("listing__slug", "name", "kind")) == {
+        (slug, name, kind) for slug, plans in demo.DEMO_PAID_PLANS.items() for name, kind, *_ in plans
+    }
     subscribed = set(Subscription.objects.filter(organization=contoso).values_list("listing__slug", flat=True))
-    assert subscribed == set(demo.DEMO_SUBSCRIBED_SLUGS)
-    assert LicenseAcceptance.objects.filter(user=buyer).count() == len(demo.DEMO_SUBSCRIBED_SLUGS)
+    paid_slug, paid_plan = demo.DEMO_PAID_SUBSCRIPTION
+    assert subscribed == {*demo.DEMO_SUBSCRIBED_SLUGS, paid_slug}
+    assert Subscription.objects.get(organization=contoso, listing__slug=paid_slug).plan.name == paid_plan
+    assert LicenseAcceptance.objects.filter(user=buyer).count() == len(demo.DEMO_SUBSCRIBED_SLUGS) + 1
     api_key = api_key_authenticate(raw_key=DEMO_KEY)
     assert api_key is not None and api_key.organization_id == contoso.pk
     assert api_key.scopes == ["inference", "management"] and ApiKey.objects.count() == 1
