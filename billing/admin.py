@@ -1,6 +1,20 @@
 from django.contrib import admin
 
-from billing.models import LicenseAcceptance, Plan, Subscription
+from billing.models import (
+    BillingCustomer,
+    CheckoutSession,
+    Invoice,
+    InvoiceLine,
+    LicenseAcceptance,
+    MeterReport,
+    Payout,
+    Plan,
+    PlatformSettings,
+    PublisherAccount,
+    SpendCap,
+    StripeEvent,
+    Subscription,
+)
 
 
 @admin.register(Plan)
@@ -55,3 +69,92 @@ class LicenseAcceptanceAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Money records change only through billing services (which audit them): the admin shows, never edits."""
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(PlatformSettings)
+class PlatformSettingsAdmin(ReadOnlyAdmin):
+    # The fee is set on /billing/admin/, which writes an audit row.
+    list_display = ("platform_fee_percent", "updated_by", "updated_at")
+
+
+@admin.register(BillingCustomer)
+class BillingCustomerAdmin(ReadOnlyAdmin):
+    list_display = ("organization", "stripe_customer_id", "created_at")
+    search_fields = ("organization__name", "stripe_customer_id")
+
+
+@admin.register(CheckoutSession)
+class CheckoutSessionAdmin(ReadOnlyAdmin):
+    list_display = ("session_id", "organization", "plan", "backend", "status", "created_at", "completed_at")
+    list_filter = ("status", "backend")
+    search_fields = ("session_id", "organization__name")
+    list_select_related = ("organization", "plan")
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ("event_id", "type", "status", "attempts", "stripe_created", "received_at", "processed_at")
+    list_filter = ("status", "type")
+    search_fields = ("event_id", "type")
+
+
+@admin.register(MeterReport)
+class MeterReportAdmin(ReadOnlyAdmin):
+    list_display = ("usage_record", "subscription", "value", "status", "attempts", "next_attempt_at", "sent_at")
+    list_filter = ("status",)
+    list_select_related = ("usage_record", "subscription")
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    extra = 0
+    can_delete = False
+    fields = ("kind", "description", "listing", "publisher", "units", "amount_cents", "platform_fee_cents",
+              "publisher_share_cents")  # fmt: skip
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = ("number", "organization", "status", "total_cents", "platform_fee_cents", "period_start", "paid_at")
+    list_filter = ("status", "backend")
+    search_fields = ("number", "organization__name", "stripe_invoice_id")
+    list_select_related = ("organization",)
+    inlines = [InvoiceLineInline]
+
+
+@admin.register(PublisherAccount)
+class PublisherAccountAdmin(ReadOnlyAdmin):
+    list_display = ("organization", "stripe_account_id", "charges_enabled", "payouts_enabled", "details_submitted")
+    search_fields = ("organization__name", "stripe_account_id")
+
+
+@admin.register(Payout)
+class PayoutAdmin(ReadOnlyAdmin):
+    list_display = ("invoice", "publisher", "amount_cents", "currency", "status", "stripe_transfer_id", "paid_at")
+    list_filter = ("status",)
+    search_fields = ("publisher__name", "stripe_transfer_id", "idempotency_key")
+    list_select_related = ("invoice", "publisher")
+
+
+@admin.register(SpendCap)
+class SpendCapAdmin(ReadOnlyAdmin):
+    list_display = ("organization", "api_key", "monthly_limit_cents", "notice_sent_for", "updated_at")
+    search_fields = ("organization__name",)
+    list_select_related = ("organization", "api_key")
