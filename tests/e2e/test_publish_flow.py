@@ -89,10 +89,12 @@ def _listing_create(page: Page, screenshot: Any, *, name: str) -> None:
 
 
 def _upload(page: Page, path: Any, *, version: str) -> None:
-    expect(page.get_by_label("Version")).to_have_value(version)  # suggested for a first version
-    page.get_by_label("Changelog").fill("First release.")
-    page.get_by_label("ONNX file").set_input_files(str(path))
-    page.get_by_role("button", name="Upload and validate").click()
+    # The upload form; the page's other form imports from the Hugging Face Hub and has the same labels.
+    form = page.locator("form[data-version-upload]")
+    expect(form.get_by_label("Version")).to_have_value(version)  # suggested for a first version
+    form.get_by_label("Changelog").fill("First release.")
+    form.get_by_label("ONNX file").set_input_files(str(path))
+    form.get_by_role("button", name="Upload and validate").click()
 
 
 def test_publish_flow_from_signup_to_catalog(
