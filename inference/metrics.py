@@ -15,6 +15,7 @@ set it in the environment of every process that serves. A gunicorn ``child_exit`
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -96,6 +97,38 @@ def cache_event(event: str, tier: str) -> None:
     _cache_children[(event, tier)].inc()
 
 
+# Labelled children of the request metrics, per (listing, version[, status]): ``labels()`` validates and joins
+# the label values and takes a lock on every call, several microseconds a metric on each request. Bounded: cleared
+# when it grows past what a deployment serves.
+_REQUEST_CHILDREN_MAX = 10_000
+_request_children: dict[tuple[str, str, int], Any] = {}
+_timing_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+
+
+def _request_counter(listing: str, version: str, status: int) -> Any:
+    key = (listing, version, status)
+    child = _request_children.get(key)
+    if child is None:
+        if len(_request_children) >= _REQUEST_CHILDREN_MAX:
+            _request_children.clear()
+        child = _request_children[key] = REQUESTS.labels(listing=listing, version=version, status=str(status))
+    return child
+
+
+def _timing_histograms(listing: str, version: str) -> tuple[Any, Any, Any]:
+    key = (listing, version)
+    children = _timing_children.get(key)
+    if children is None:
+        if len(_timing_children) >= _REQUEST_CHILDREN_MAX:
+            _timing_children.clear()
+        children = _timing_children[key] = (
+            REQUEST_LATENCY.labels(listing=listing, version=version),
+            QUEUE_TIME.labels(listing=listing, version=version),
+            COMPUTE_TIME.labels(listing=listing, version=version),
+        )
+    return children
+
+
 def request_observe(
     *,
     listing: str,
@@ -107,12 +140,13 @@ def request_observe(
 ) -> None:
     """Count one /v2 infer call; queue and compute times only for calls that ran the model."""
     version = str(version)
-    REQUESTS.labels(listing=listing, version=version, status=str(status)).inc()
-    REQUEST_LATENCY.labels(listing=listing, version=version).observe(latency_s)
+    _request_counter(listing, version, status).inc()
+    latency, queue, compute = _timing_histograms(listing, version)
+    latency.observe(latency_s)
     if queue_ms is not None:
-        QUEUE_TIME.labels(listing=listing, version=version).observe(queue_ms / 1000.0)
+        queue.observe(queue_ms / 1000.0)
     if compute_ms is not None:
-        COMPUTE_TIME.labels(listing=listing, version=version).observe(compute_ms / 1000.0)
+        compute.observe(compute_ms / 1000.0)
 
 
 def registry_collect() -> bytes:
