@@ -6,7 +6,7 @@ with its OutputSerializer. Errors become ``{"error": {...}}`` in marketplace.err
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
@@ -21,6 +21,7 @@ from accounts import selectors, services
 from accounts.authentication import ApiKeyAccessMixin
 from accounts.models import ApiKey, ApiKeyScope, Organization, Role, User
 from marketplace.errors import ApplicationError, NotFound
+from marketplace.typing import request_user
 
 TAGS = ["accounts"]
 
@@ -94,7 +95,7 @@ class OrganizationListApi(APIView):
         responses={200: MembershipOrganizationOutput(many=True)},
     )
     def get(self, request: Request) -> Response:
-        memberships = selectors.organization_list_with_roles(user=cast(User, request.user))
+        memberships = selectors.organization_list_with_roles(user=request_user(request))
         return _paginated(
             request=request, view=self, queryset=memberships, serializer_class=MembershipOrganizationOutput
         )
@@ -109,11 +110,11 @@ class OrganizationListApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         organization = services.organization_create(
-            user=cast(User, request.user),
+            user=request_user(request),
             name=serializer.validated_data["name"],
             slug=serializer.validated_data.get("slug") or None,
         )
-        membership = selectors.membership_get(user=cast(User, request.user), organization=organization)
+        membership = selectors.membership_get(user=request_user(request), organization=organization)
         return Response(MembershipOrganizationOutput(membership).data, status=status.HTTP_201_CREATED)
 
 
@@ -134,7 +135,7 @@ class OrganizationMemberListApi(APIView):
         tags=TAGS, summary="Members of an organization I belong to", responses={200: OutputSerializer(many=True)}
     )
     def get(self, request: Request, slug: str) -> Response:
-        organization = _organization_for_member(user=cast(User, request.user), slug=slug)
+        organization = _organization_for_member(user=request_user(request), slug=slug)
         members = selectors.membership_list(organization=organization)
         return _paginated(request=request, view=self, queryset=members, serializer_class=self.OutputSerializer)
 
@@ -165,12 +166,12 @@ class OrganizationInvitationCreateApi(APIView):
         responses={201: OutputSerializer},
     )
     def post(self, request: Request, slug: str) -> Response:
-        organization = _organization_for_member(user=cast(User, request.user), slug=slug)
+        organization = _organization_for_member(user=request_user(request), slug=slug)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         invitation = services.invitation_create(
             organization=organization,
-            invited_by=cast(User, request.user),
+            invited_by=request_user(request),
             email=serializer.validated_data["email"],
             role=serializer.validated_data["role"],
         )
@@ -229,7 +230,7 @@ class ApiKeyListCreateApi(ApiKeyAccessMixin, APIView):
 
     @extend_schema(tags=TAGS, summary="An organization's API keys (members)", responses={200: ApiKeyOutput(many=True)})
     def get(self, request: Request, slug: str) -> Response:
-        organization = _organization_for_member(user=cast(User, request.user), slug=slug)
+        organization = _organization_for_member(user=request_user(request), slug=slug)
         keys = selectors.api_key_list_for_organization(organization=organization)
         return _paginated(request=request, view=self, queryset=keys, serializer_class=ApiKeyOutput)
 
@@ -241,14 +242,14 @@ class ApiKeyListCreateApi(ApiKeyAccessMixin, APIView):
         responses={201: CreatedSerializer},
     )
     def post(self, request: Request, slug: str) -> Response:
-        organization = _organization_for_member(user=cast(User, request.user), slug=slug)
+        organization = _organization_for_member(user=request_user(request), slug=slug)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         listing_ids = _listing_ids_for_slugs(data["listings"])
         api_key, raw_key = services.api_key_create(
             organization=organization,
-            user=cast(User, request.user),
+            user=request_user(request),
             name=data["name"],
             scopes=data["scopes"],
             listing_ids=listing_ids,
@@ -272,7 +273,7 @@ class ApiKeyRevokeApi(ApiKeyAccessMixin, APIView):
         responses={200: ApiKeyOutput},
     )
     def post(self, request: Request, slug: str, public_id: str) -> Response:
-        user = cast(User, request.user)
+        user = request_user(request)
         organization = _organization_for_member(user=user, slug=slug)
         api_key = selectors.api_key_get_for_member(user=user, organization=organization, public_id=public_id)
         if api_key is None:

@@ -5,7 +5,7 @@ Views stay thin: parse the form, call one service, show the result or the error 
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -34,13 +34,9 @@ from accounts.forms import (
 )
 from accounts.models import ApiKey, Membership, Organization, Role, User
 from marketplace.errors import ApplicationError
+from marketplace.typing import request_user
 
 HOME_URL = "/"
-
-
-def _user(request: HttpRequest) -> User:
-    """The signed-in user; only for views behind login_required."""
-    return cast(User, request.user)
 
 
 def _safe_redirect_target(request: HttpRequest, url: str | None, fallback: str = HOME_URL) -> str:
@@ -118,7 +114,7 @@ class PasswordResetCompleteView(auth_views.PasswordResetCompleteView):
 
 @login_required
 def organization_list(request: HttpRequest) -> HttpResponse:
-    user = _user(request)
+    user = request_user(request)
     if request.method == "POST":
         form = OrganizationCreateForm(request.POST)
         if form.is_valid():
@@ -142,7 +138,7 @@ def organization_list(request: HttpRequest) -> HttpResponse:
 
 
 def _organization_for_member(request: HttpRequest, slug: str) -> Organization:
-    organization = selectors.organization_get_for_member(user=_user(request), slug=slug)
+    organization = selectors.organization_get_for_member(user=request_user(request), slug=slug)
     if organization is None:
         # Same 404 whether it does not exist or belongs to someone else.
         raise Http404("No such organization.")
@@ -152,7 +148,7 @@ def _organization_for_member(request: HttpRequest, slug: str) -> Organization:
 def _organization_detail_render(
     request: HttpRequest, organization: Organization, *, invite_form: InvitationCreateForm | None = None
 ) -> HttpResponse:
-    user = _user(request)
+    user = request_user(request)
     my_membership = selectors.membership_get(user=user, organization=organization)
     assert my_membership is not None  # callers checked membership
     can_manage = selectors.user_can_manage(user=user, organization=organization)
@@ -186,7 +182,7 @@ def organization_detail(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def organization_invite(request: HttpRequest, slug: str) -> HttpResponse:
     organization = _organization_for_member(request, slug)
-    user = _user(request)
+    user = request_user(request)
     membership = selectors.membership_get(user=user, organization=organization)
     is_owner = membership is not None and membership.role == Role.OWNER
     form = InvitationCreateForm(request.POST, can_invite_owner=is_owner)
@@ -220,7 +216,9 @@ def membership_role_change(request: HttpRequest, slug: str, membership_id: int) 
         messages.error(request, "Choose a valid role.")
     else:
         try:
-            services.membership_role_change(membership=membership, role=form.cleaned_data["role"], actor=_user(request))
+            services.membership_role_change(
+                membership=membership, role=form.cleaned_data["role"], actor=request_user(request)
+            )
         except ApplicationError as exc:
             messages.error(request, exc.message)
         else:
@@ -234,7 +232,7 @@ def membership_remove(request: HttpRequest, slug: str, membership_id: int) -> Ht
     membership = _membership_for_manager_action(request, slug, membership_id)
     leaving = membership.user_id == request.user.pk
     try:
-        services.membership_remove(membership=membership, actor=_user(request))
+        services.membership_remove(membership=membership, actor=request_user(request))
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return redirect("accounts:organization_detail", slug=slug)
@@ -254,7 +252,7 @@ def organization_switch(request: HttpRequest) -> HttpResponse:
     try:
         organization = services.organization_switch(
             request_session=request.session,
-            user=_user(request),
+            user=request_user(request),
             organization_id=form.cleaned_data["organization"],
         )
     except ApplicationError:
@@ -281,13 +279,13 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
     error: ApplicationError | None = None
     if request.method == "POST":
         try:
-            membership = services.invitation_accept(token=token, user=_user(request))
+            membership = services.invitation_accept(token=token, user=request_user(request))
         except ApplicationError as exc:
             error = exc
         else:
             services.organization_switch(
                 request_session=request.session,
-                user=_user(request),
+                user=request_user(request),
                 organization_id=membership.organization_id,
             )
             messages.success(request, f"Welcome to {membership.organization.name}!")
@@ -298,7 +296,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
         "error": error,
         "is_expired": invitation.expires_at <= timezone.now(),
         "is_used": invitation.accepted_at is not None,
-        "wrong_email": invitation.email.lower() != _user(request).email.lower(),
+        "wrong_email": invitation.email.lower() != request_user(request).email.lower(),
     }
     return render(request, "accounts/invitation_accept.html", context, status=error.status if error else 200)
 
@@ -311,7 +309,7 @@ def _api_keys_render(
 ) -> HttpResponse:
     from billing.selectors import listing_choices_subscribed
 
-    user = _user(request)
+    user = request_user(request)
     can_manage = selectors.user_can_manage(user=user, organization=organization)
     if can_manage and form is None:
         form = ApiKeyCreateForm(listing_choices=listing_choices_subscribed(organization=organization))
@@ -337,7 +335,7 @@ def api_key_list(request: HttpRequest, slug: str) -> HttpResponse:
             data = form.cleaned_data
             api_key, raw_key = services.api_key_create(
                 organization=organization,
-                user=_user(request),
+                user=request_user(request),
                 name=data["name"],
                 scopes=data["scopes"],
                 listing_ids=data["listings"],
@@ -363,7 +361,9 @@ def api_key_list(request: HttpRequest, slug: str) -> HttpResponse:
 
 def _api_key_for_member(request: HttpRequest, slug: str, public_id: str) -> ApiKey:
     organization = _organization_for_member(request, slug)
-    api_key = selectors.api_key_get_for_member(user=_user(request), organization=organization, public_id=public_id)
+    api_key = selectors.api_key_get_for_member(
+        user=request_user(request), organization=organization, public_id=public_id
+    )
     if api_key is None:
         raise Http404("No such API key.")
     return api_key
@@ -375,7 +375,7 @@ def api_key_revoke(request: HttpRequest, slug: str, public_id: str) -> HttpRespo
     api_key = _api_key_for_member(request, slug, public_id)
     if request.method == "POST":
         try:
-            services.api_key_revoke(api_key=api_key, user=_user(request))
+            services.api_key_revoke(api_key=api_key, user=request_user(request))
         except ApplicationError as exc:
             messages.error(request, exc.message)
         else:

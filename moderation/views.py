@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms
 from django.contrib import messages
@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.forms import form_add_application_error
 from catalog.models import ListingStatus, VersionStatus
 from catalog.states import version_can_move
 from marketplace.errors import ApplicationError, NotFound
@@ -31,6 +32,8 @@ from moderation.models import AuditAction, ReportReason, ReportStatus
 AUDIT_PAGE_SIZE = 50
 LISTINGS_PAGE_SIZE = 30
 REPORTS_PAGE_SIZE = 30
+
+T = TypeVar("T")
 
 STEP_BADGES = {"passed": "badge-ok", "failed": "badge-bad", "skipped": "badge-warn"}
 
@@ -168,6 +171,14 @@ def _decorate(version: Any) -> Any:
     return version
 
 
+def _or_404(get: Callable[..., T], **lookup: Any) -> T:
+    """Call a selector that raises NotFound; on a page that is a plain 404."""
+    try:
+        return get(**lookup)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+
+
 def _page(request: HttpRequest, qs: Any, per_page: int) -> Any:
     return Paginator(qs, per_page).get_page(request.GET.get("page"))
 
@@ -194,10 +205,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 @staff_required
 def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
-    try:
-        version = _decorate(selectors.version_get_for_review(version_id=version_id))
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
+    version = _decorate(_or_404(selectors.version_get_for_review, version_id=version_id))
     return render(
         request,
         "moderation/version_detail.html",
@@ -210,17 +218,10 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
     )
 
 
-def _version_or_404(version_id: int) -> Any:
-    try:
-        return selectors.version_get_for_review(version_id=version_id)
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
-
-
 @require_POST
 @staff_required
 def version_approve(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _version_or_404(version_id)
+    version = _or_404(selectors.version_get_for_review, version_id=version_id)
 
     def act(data: dict[str, Any]) -> str:
         done = services.version_approve(version=version, actor=request.user, note=data["note"])
@@ -232,7 +233,7 @@ def version_approve(request: HttpRequest, version_id: int) -> HttpResponse:
 @require_POST
 @staff_required
 def version_reject(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _version_or_404(version_id)
+    version = _or_404(selectors.version_get_for_review, version_id=version_id)
 
     def act(data: dict[str, Any]) -> str:
         done = services.version_reject(version=version, actor=request.user, reason=data["reason"])
@@ -245,7 +246,7 @@ def version_reject(request: HttpRequest, version_id: int) -> HttpResponse:
 @require_POST
 @staff_required
 def version_take_down(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _version_or_404(version_id)
+    version = _or_404(selectors.version_get_for_review, version_id=version_id)
 
     def act(data: dict[str, Any]) -> str:
         done = services.version_take_down(version=version, actor=request.user, reason=data["reason"])
@@ -272,17 +273,10 @@ def listing_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _listing_or_404(slug: str) -> Any:
-    try:
-        return selectors.listing_get_for_moderation(slug=slug)
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
-
-
 @require_POST
 @staff_required
 def listing_suspend(request: HttpRequest, slug: str) -> HttpResponse:
-    listing = _listing_or_404(slug)
+    listing = _or_404(selectors.listing_get_for_moderation, slug=slug)
 
     def act(data: dict[str, Any]) -> str:
         done = services.listing_suspend(listing=listing, actor=request.user, reason=data["reason"])
@@ -294,7 +288,7 @@ def listing_suspend(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 @staff_required
 def listing_reinstate(request: HttpRequest, slug: str) -> HttpResponse:
-    listing = _listing_or_404(slug)
+    listing = _or_404(selectors.listing_get_for_moderation, slug=slug)
 
     def act(data: dict[str, Any]) -> str:
         done = services.listing_reinstate(listing=listing, actor=request.user, note=data["note"])
@@ -306,7 +300,7 @@ def listing_reinstate(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 @staff_required
 def listing_feature(request: HttpRequest, slug: str) -> HttpResponse:
-    listing = _listing_or_404(slug)
+    listing = _or_404(selectors.listing_get_for_moderation, slug=slug)
 
     def act(data: dict[str, Any]) -> str:
         done = services.listing_feature(listing=listing, actor=request.user, featured=data["featured"])
@@ -334,10 +328,7 @@ def report_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 @staff_required
 def report_resolve(request: HttpRequest, report_id: int) -> HttpResponse:
-    try:
-        report = selectors.report_get(report_id=report_id)
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
+    report = _or_404(selectors.report_get, report_id=report_id)
 
     def act(data: dict[str, Any]) -> str:
         done = services.report_resolve(
@@ -383,10 +374,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @login_required
 def report_listing(request: HttpRequest, slug: str) -> HttpResponse:
-    try:
-        listing = selectors.listing_get_reportable(slug=slug)
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
+    listing = _or_404(selectors.listing_get_reportable, slug=slug)
     listing_url = listing_page_url(listing=listing)
     status = 200
     form = ReportForm(request.POST or None)
@@ -395,11 +383,7 @@ def report_listing(request: HttpRequest, slug: str) -> HttpResponse:
             services.report_create(listing=listing, reporter=request.user, **form.cleaned_data)
         except ApplicationError as exc:
             status = exc.status
-            if exc.fields:
-                for field, errors in exc.fields.items():
-                    form.add_error(field if field in form.fields else None, errors)
-            else:
-                form.add_error(None, exc.message)
+            form_add_application_error(form, exc)
         else:
             messages.success(request, "Thank you: your report has been sent to the moderators.")
             return redirect(listing_url)

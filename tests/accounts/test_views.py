@@ -370,3 +370,37 @@ def test_admin_pages_for_users_organizations_and_invitations(client, staff_user,
     )
     assert response.status_code == 302
     assert User.objects.get(email="made-by-admin@example.com").check_password("correct-horse-42")
+
+
+def test_organization_pages_do_not_query_per_row(client, make_user, make_org):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    owner = make_user(email="owner@example.com")
+    org = make_org(owner=owner)
+    client.force_login(owner)
+    pages = [
+        reverse("accounts:organizations"),
+        reverse("accounts:organization_detail", args=[org.slug]),
+        reverse("accounts:api_keys", args=[org.slug]),
+    ]
+
+    def queries_per_page() -> list[int]:
+        counts = []
+        for url in pages:
+            with CaptureQueriesContext(connection) as captured:
+                assert client.get(url).status_code == 200
+            counts.append(len(captured))
+        return counts
+
+    def add_rows(index: int) -> None:
+        Membership.objects.create(organization=org, user=make_user(email=f"m{index}@example.com"), role=Role.MEMBER)
+        services.invitation_create(organization=org, invited_by=owner, email=f"i{index}@example.com", role=Role.MEMBER)
+        services.api_key_create(organization=org, user=owner, name=f"key {index}")
+        make_org(owner=owner)  # another row on "my organizations"
+
+    add_rows(0)
+    few = queries_per_page()
+    for index in range(1, 4):
+        add_rows(index)
+    assert queries_per_page() == few

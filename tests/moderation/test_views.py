@@ -352,3 +352,48 @@ def test_take_down_from_the_version_page(staff_client, published_listing, django
     assert version.status == VersionStatus.WITHDRAWN
     assert "Withdraw this version" not in text(response)
     assert "Malicious operator" in mail.outbox[0].body
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("moderation:version-approve", [999999]),
+        ("moderation:version-reject", [999999]),
+        ("moderation:listing-suspend", ["no-such-listing"]),
+        ("moderation:listing-feature", ["no-such-listing"]),
+        ("moderation:report-resolve", [999999]),
+    ],
+)
+def test_actions_on_missing_objects_are_404_for_staff(staff_client, name, args):
+    assert staff_client.post(reverse(name, args=args), {"reason": "x", "action": "resolve"}).status_code == 404
+
+
+def test_staff_pages_do_not_query_per_row(staff_client, make_version_in_review, published_listing, make_user):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries_per_page() -> dict[str, int]:
+        counts = {}
+        for name, kwargs in STAFF_PAGES:
+            with CaptureQueriesContext(connection) as captured:
+                assert staff_client.get(reverse(name, kwargs=kwargs)).status_code == 200
+            counts[name] = len(captured)
+        return counts
+
+    def add_rows(index: int) -> None:
+        version = make_version_in_review(name=f"Model {index}")
+        reporter = make_user(email=f"reporter{index}@example.com")
+        services.report_create(listing=published_listing, reporter=reporter, reason="spam")
+        AuditLogEntry.objects.create(
+            action=AuditAction.VERSION_REJECTED,
+            actor=reporter,
+            organization=version.listing.organization,
+            listing=version.listing,
+            version=version,
+        )
+
+    add_rows(0)
+    few = queries_per_page()
+    for index in range(1, 4):
+        add_rows(index)
+    assert queries_per_page() == few
