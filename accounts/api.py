@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
@@ -21,6 +20,7 @@ from accounts import selectors, services
 from accounts.authentication import ApiKeyAccessMixin
 from accounts.models import ApiKey, ApiKeyScope, Organization, Role, User
 from marketplace.errors import ApplicationError, NotFound
+from marketplace.pagination import paginated_response
 from marketplace.typing import request_user
 
 TAGS = ["accounts"]
@@ -32,12 +32,6 @@ def _organization_for_member(*, user: User, slug: str) -> Organization:
         # Same answer for "does not exist" and "not yours".
         raise NotFound("No such organization.")
     return organization
-
-
-def _paginated(*, request: Request, view: APIView, queryset: QuerySet, serializer_class: type) -> Response:
-    paginator = view.pagination_class()  # type: ignore[attr-defined]
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
 @extend_schema_serializer(component_name="MemberOrganization")
@@ -96,7 +90,7 @@ class OrganizationListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         memberships = selectors.organization_list_with_roles(user=request_user(request))
-        return _paginated(
+        return paginated_response(
             request=request, view=self, queryset=memberships, serializer_class=MembershipOrganizationOutput
         )
 
@@ -137,7 +131,7 @@ class OrganizationMemberListApi(APIView):
     def get(self, request: Request, slug: str) -> Response:
         organization = _organization_for_member(user=request_user(request), slug=slug)
         members = selectors.membership_list(organization=organization)
-        return _paginated(request=request, view=self, queryset=members, serializer_class=self.OutputSerializer)
+        return paginated_response(request=request, view=self, queryset=members, serializer_class=self.OutputSerializer)
 
 
 class OrganizationInvitationCreateApi(APIView):
@@ -232,7 +226,7 @@ class ApiKeyListCreateApi(ApiKeyAccessMixin, APIView):
     def get(self, request: Request, slug: str) -> Response:
         organization = _organization_for_member(user=request_user(request), slug=slug)
         keys = selectors.api_key_list_for_organization(organization=organization)
-        return _paginated(request=request, view=self, queryset=keys, serializer_class=ApiKeyOutput)
+        return paginated_response(request=request, view=self, queryset=keys, serializer_class=ApiKeyOutput)
 
     @extend_schema(
         tags=TAGS,

@@ -11,12 +11,12 @@ from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.pagination import paginated_response
 from moderation import selectors, services
 from moderation.models import AuditAction, ReportReason, ReportStatus
 
@@ -45,12 +45,6 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
         409: "The object is not in a state that allows this (or the report is a duplicate).",
     }
     return {code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes}
-
-
-def _paginated(*, request: Request, view: APIView, queryset: Any, serializer_class: type) -> Response:
-    paginator = LimitOffsetPagination()
-    page: list[Any] | None = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
 # --- output shapes --------------------------------------------------------------------------------
@@ -143,7 +137,7 @@ class ReviewQueueApi(APIView):
         responses={200: VersionOutputSerializer(many=True), **_errors(403)},
     )
     def get(self, request: Request) -> Response:
-        return _paginated(
+        return paginated_response(
             request=request, view=self, queryset=selectors.review_queue(), serializer_class=VersionOutputSerializer
         )
 
@@ -338,7 +332,9 @@ class ReportListApi(APIView):
         filters.is_valid(raise_exception=True)
         wanted = filters.validated_data["status"]
         queryset = selectors.report_queue(status=None if wanted == "all" else wanted)
-        return _paginated(request=request, view=self, queryset=queryset, serializer_class=StaffReportOutputSerializer)
+        return paginated_response(
+            request=request, view=self, queryset=queryset, serializer_class=StaffReportOutputSerializer
+        )
 
 
 class ReportResolveApi(APIView):
@@ -397,4 +393,6 @@ class AuditLogApi(APIView):
         queryset = selectors.audit_log_list(
             action=data.get("action"), listing_slug=data.get("listing", ""), actor_email=data.get("actor", "")
         )
-        return _paginated(request=request, view=self, queryset=queryset, serializer_class=AuditEntryOutputSerializer)
+        return paginated_response(
+            request=request, view=self, queryset=queryset, serializer_class=AuditEntryOutputSerializer
+        )
