@@ -14,5 +14,5 @@ def paginated_response(*, request: Request, view: APIView, queryset: Any, serial
     """One page of ``queryset`` (``?limit=&offset=``) serialised, with count and next/previous links."""
     paginator = getattr(view, "pagination_class", None) or LimitOffsetPagination
     pager = paginator()
-    page = pager.paginate_queryset(queryset, request, view=view)
+    page: list[Any] | None = pager.paginate_queryset(queryset, request, view=view)
     return pager.get_paginated_response(serializer_class(page, many=True).data)
