@@ -4,7 +4,7 @@ of the key's organization (``Authorization: Bearer smk_…``)."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
@@ -142,6 +142,32 @@ def _organization_for_request(request: Request, slug: str | None) -> Organizatio
     return organization
 
 
+_Owned = TypeVar("_Owned", Subscription, CheckoutSession)
+
+
+def _of_key_organization(request: Request, obj: _Owned | None, *, missing: str) -> _Owned:
+    """``obj`` (found for the signed-in member) unless it is missing or, for a key, another organization's."""
+    api_key = request_api_key(request)
+    if obj is None or (api_key is not None and obj.organization_id != api_key.organization_id):
+        raise NotFound(missing)
+    return obj
+
+
+def _subscription_for_request(request: Request, subscription_id: int) -> Subscription:
+    """A subscription of one of the user's organizations (of the key's, for a key); 404 otherwise."""
+    subscription = selectors.subscription_get_for_member(user=cast(User, request.user), subscription_id=subscription_id)
+    return _of_key_organization(request, subscription, missing="No such subscription.")
+
+
+def _plan_for_manager(request: Request, plan_id: int) -> Plan:
+    """The plan, 404 unless it exists and the user manages its listing."""
+    plan = selectors.plan_get(plan_id=plan_id)
+    if plan is None:
+        raise NotFound("No such plan.")
+    listing_get_for_manager(user=cast(User, request.user), slug=plan.listing.slug)
+    return plan
+
+
 # --- plans -------------------------------------------------------------------------------------
 
 
@@ -215,10 +241,7 @@ class PlanDeactivateApi(APIView):
         responses={200: PlanOutput},
     )
     def post(self, request: Request, plan_id: int) -> Response:
-        plan = selectors.plan_get(plan_id=plan_id)
-        if plan is None:
-            raise NotFound("No such plan.")
-        listing_get_for_manager(user=cast(User, request.user), slug=plan.listing.slug)  # 404 unless a manager
+        plan = _plan_for_manager(request, plan_id)
         plan = services.plan_deactivate(plan=plan, user=cast(User, request.user))
         return Response(PlanOutput(plan).data)
 
@@ -305,12 +328,7 @@ class SubscriptionCancelApi(ApiKeyAccessMixin, APIView):
         responses={200: SubscriptionOutput},
     )
     def post(self, request: Request, subscription_id: int) -> Response:
-        subscription = selectors.subscription_get_for_member(
-            user=cast(User, request.user), subscription_id=subscription_id
-        )
-        api_key = request_api_key(request)
-        if subscription is None or (api_key is not None and subscription.organization_id != api_key.organization_id):
-            raise NotFound("No such subscription.")
+        subscription = _subscription_for_request(request, subscription_id)
         subscription = services.subscription_cancel(subscription=subscription, user=cast(User, request.user))
         return Response(SubscriptionOutput(subscription).data)
 
@@ -332,10 +350,7 @@ class PlanPriceChangeApi(APIView):
         responses={201: PlanOutput},
     )
     def post(self, request: Request, plan_id: int) -> Response:
-        plan = selectors.plan_get(plan_id=plan_id)
-        if plan is None:
-            raise NotFound("No such plan.")
-        listing_get_for_manager(user=cast(User, request.user), slug=plan.listing.slug)  # 404 unless a manager
+        plan = _plan_for_manager(request, plan_id)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         new = services.plan_price_change(plan=plan, user=cast(User, request.user), **serializer.validated_data)
@@ -416,10 +431,11 @@ class CheckoutDetailApi(ApiKeyAccessMixin, APIView):
 
     @extend_schema(tags=TAGS, summary="A checkout's status (poll it after paying)", responses={200: CheckoutOutput})
     def get(self, request: Request, session_id: str) -> Response:
-        session = checkout.checkout_get_for_member(user=cast(User, request.user), session_id=session_id)
-        api_key = request_api_key(request)
-        if session is None or (api_key is not None and session.organization_id != api_key.organization_id):
-            raise NotFound("No such checkout.")
+        session = _of_key_organization(
+            request,
+            checkout.checkout_get_for_member(user=cast(User, request.user), session_id=session_id),
+            missing="No such checkout.",
+        )
         return Response(CheckoutOutput(session, context={"request": request}).data)
 
 
@@ -428,13 +444,7 @@ class _SubscriptionActionApi(ApiKeyAccessMixin, APIView):
     permission_classes = [IsAuthenticated]
 
     def subscription(self, request: Request, subscription_id: int) -> Subscription:
-        subscription = selectors.subscription_get_for_member(
-            user=cast(User, request.user), subscription_id=subscription_id
-        )
-        api_key = request_api_key(request)
-        if subscription is None or (api_key is not None and subscription.organization_id != api_key.organization_id):
-            raise NotFound("No such subscription.")
-        return subscription
+        return _subscription_for_request(request, subscription_id)
 
     def answer(self, subscription: Subscription) -> Response:
         fresh = selectors.subscription_list_for_organization(organization=subscription.organization).get(

@@ -322,8 +322,7 @@ def checkout_local_pay(
         raise NotFound("No such checkout.")
     services._require_manager(
         user=user,
-        organization_id=session.organization_id,
-        organization_name=session.organization.name,
+        organization=session.organization,
         action="pay",
         missing="No such checkout.",
     )

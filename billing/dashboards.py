@@ -25,11 +25,9 @@ from django.db.models import (
     F,
     FloatField,
     IntegerField,
-    OuterRef,
     Prefetch,
     Q,
     QuerySet,
-    Subquery,
     Sum,
     Value,
     When,
@@ -53,6 +51,7 @@ from billing.models import (
     Subscription,
     SubscriptionStatus,
 )
+from billing.selectors import subscription_period_usage
 from billing.spend_caps import CapStatus, spend_cap_statuses
 from catalog.models import Listing, Version
 from inference.models import InferenceError, UsageRecord
@@ -67,7 +66,7 @@ LIST_LIMIT = 50
 
 def _format_value(value: float | Decimal | int, fmt: str, currency: str) -> str:
     if fmt == "money":
-        return pricing.money_format(pricing.major_to_minor(Decimal(str(value)), currency), currency)
+        return pricing.money_format_major(value, currency)
     if fmt == "percent":
         return f"{float(value):.1f}%"
     return f"{int(value):,}"
@@ -205,22 +204,6 @@ class SubscriptionPeriod:
         return min(100, self.units * 100 // self.included_units)
 
 
-def _period_subquery(field: str, aggregate: Any) -> Subquery:
-    rows = (
-        UsageRecord.objects.filter(
-            subscription=OuterRef("pk"),
-            created_at__gte=OuterRef("current_period_start"),
-            created_at__lt=OuterRef("current_period_end"),
-        )
-        .order_by()
-        .values("subscription")
-        .annotate(total=aggregate)
-        .values("total")
-    )
-    output = DecimalField(max_digits=20, decimal_places=6) if field == "cost" else IntegerField()
-    return Subquery(rows, output_field=output)
-
-
 def subscription_periods(*, organization: Organization, now: datetime | None = None) -> list[SubscriptionPeriod]:
     """The organization's live subscriptions with this period's calls, units and cost, and the projection to
     the period's end (units extrapolated linearly, then priced with the plan's rules). One query."""
@@ -230,9 +213,11 @@ def subscription_periods(*, organization: Organization, now: datetime | None = N
         .exclude(status=SubscriptionStatus.CANCELED)
         .select_related("plan", "listing")
         .annotate(
-            period_calls=_period_subquery("calls", Count("id")),
-            period_units=_period_subquery("units", Sum("units")),
-            period_cost=_period_subquery("cost", Sum("cost")),
+            period_calls=subscription_period_usage(Count("id"), output_field=IntegerField()),
+            period_units=subscription_period_usage(Sum("units"), output_field=IntegerField()),
+            period_cost=subscription_period_usage(
+                Sum("cost"), output_field=DecimalField(max_digits=20, decimal_places=6)
+            ),
         )
         .order_by("listing__name", "id")
     )

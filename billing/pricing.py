@@ -57,6 +57,12 @@ def money_format(amount_minor: int | Decimal, currency: str, *, trim: bool = Fal
     return f"{symbol}{text}" if symbol else f"{text} {currency.upper()}"
 
 
+def money_format_major(amount: Decimal | int | float, currency: str) -> str:
+    """A major-unit amount for people, rounded half up to the currency's minor unit: ``12.345, "usd"`` ->
+    ``"$12.35"``."""
+    return money_format(major_to_minor(Decimal(str(amount)), currency), currency)
+
+
 # --- what usage costs ---------------------------------------------------------------------------
 
 

@@ -9,11 +9,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Case, Count, OuterRef, Prefetch, Q, QuerySet, Sum, Value, When
+from django.db.models import Case, Count, Field, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum, Value, When
 from django.db.models.functions import JSONObject
 from django.utils import timezone
 
-from accounts.models import MANAGER_ROLES, Membership, Organization, User
+from accounts.models import Organization, User
+from accounts.selectors import user_can_manage
 from billing import licenses
 from billing.models import (
     ENTITLED_STATUSES,
@@ -252,6 +253,25 @@ def subscriptions_decorate_for_page(*, subscriptions: list[Subscription]) -> lis
     return subscriptions
 
 
+def subscription_period_usage(aggregate: Any, *, output_field: Field) -> Subquery:
+    """A subquery of ``aggregate`` (e.g. ``Sum("units")``) over the usage ledger rows of the outer
+    subscription's current period, for ``Subscription`` querysets: one query for any number of rows."""
+    from inference.models import UsageRecord
+
+    rows = (
+        UsageRecord.objects.filter(
+            subscription=OuterRef("pk"),
+            created_at__gte=OuterRef("current_period_start"),
+            created_at__lt=OuterRef("current_period_end"),
+        )
+        .order_by()
+        .values("subscription")
+        .annotate(total=aggregate)
+        .values("total")
+    )
+    return Subquery(rows, output_field=output_field)
+
+
 def subscription_usage_units(*, subscription: Subscription) -> int:
     """Units recorded in the subscription's current period (the usage ledger; buffered calls land within
     a flush interval)."""
@@ -288,8 +308,7 @@ def listing_plans_panel(*, listing: Listing, user: Any, organization: Organizati
     if organization is None or not getattr(user, "is_authenticated", False) or not listing.is_public:
         return panel
     panel["organization"] = organization
-    role = Membership.objects.filter(user=user, organization=organization).values_list("role", flat=True).first()
-    panel["can_manage"] = role in MANAGER_ROLES
+    panel["can_manage"] = user_can_manage(user=user, organization=organization)
     subscription = subscription_live_get(organization=organization, listing=listing)
     if subscription is not None:
         panel["subscription"] = subscription

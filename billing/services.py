@@ -29,7 +29,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
-from accounts.models import MANAGER_ROLES, Membership, Organization, User
+from accounts.models import MANAGER_ROLES, Organization, User
+from accounts.selectors import membership_get, user_can_manage
 from billing import pricing
 from billing.licenses import LicenseTerms, license_terms_for_listing
 from billing.models import (
@@ -75,20 +76,14 @@ def grace_period() -> timedelta:
     return timedelta(days=settings.BILLING_GRACE_DAYS)
 
 
-def _role(*, user: User, organization_id: int) -> str | None:
-    if not getattr(user, "is_authenticated", False):
-        return None
-    return Membership.objects.filter(user=user, organization_id=organization_id).values_list("role", flat=True).first()
-
-
 def _require_manager(
-    *, user: User, organization_id: int, organization_name: str, action: str, missing: str = "No such subscription."
+    *, user: User, organization: Organization, action: str, missing: str = "No such subscription."
 ) -> None:
-    role = _role(user=user, organization_id=organization_id)
-    if role is None:
+    membership = membership_get(user=user, organization=organization)
+    if membership is None:
         raise NotFound("No such organization." if action == "subscribe" else missing)
-    if role not in MANAGER_ROLES:
-        raise Forbidden(f"Only owners and admins of {organization_name} can {action}.", code="not_a_manager")
+    if membership.role not in MANAGER_ROLES:
+        raise Forbidden(f"Only owners and admins of {organization.name} can {action}.", code="not_a_manager")
 
 
 def _forget_entitlement_on_commit(*, organization_id: int, listing_id: int) -> None:
@@ -115,7 +110,7 @@ def _ts(value: int | None) -> datetime | None:
 
 
 def _require_listing_manager(*, user: User, listing: Listing) -> None:
-    if _role(user=user, organization_id=listing.organization_id) not in MANAGER_ROLES:
+    if not user_can_manage(user=user, organization=listing.organization):
         raise Forbidden("Only owners and admins of the publishing organization may change its plans.")
 
 
@@ -495,9 +490,7 @@ def subscribe_check(
             code="license_not_accepted",
             fields={"accept_license": ["Accept the license terms to subscribe."]},
         )
-    _require_manager(
-        user=user, organization_id=organization.pk, organization_name=organization.name, action="subscribe"
-    )
+    _require_manager(user=user, organization=organization, action="subscribe")
     plan = Plan.objects.select_for_update().select_related("listing", "listing__organization").get(pk=plan.pk)
     listing = plan.listing
     if listing.status != ListingStatus.PUBLISHED:
@@ -746,8 +739,7 @@ def subscription_cancel(*, subscription: Subscription, user: User) -> Subscripti
     entitled until then (Stripe: ``cancel_at_period_end``). A scheduled plan change is dropped."""
     _require_manager(
         user=user,
-        organization_id=subscription.organization_id,
-        organization_name=subscription.organization.name,
+        organization=subscription.organization,
         action="cancel subscriptions",
     )
     subscription = _subscription_lock(subscription)
@@ -792,8 +784,7 @@ def subscription_resume(*, subscription: Subscription, user: User) -> Subscripti
     """Undo a cancel at the period's end, before the period ends."""
     _require_manager(
         user=user,
-        organization_id=subscription.organization_id,
-        organization_name=subscription.organization.name,
+        organization=subscription.organization,
         action="change subscriptions",
     )
     subscription = _subscription_lock(subscription)
@@ -899,8 +890,7 @@ def subscription_plan_change(*, subscription: Subscription, user: User, plan: Pl
     """
     _require_manager(
         user=user,
-        organization_id=subscription.organization_id,
-        organization_name=subscription.organization.name,
+        organization=subscription.organization,
         action="change subscriptions",
     )
     subscription = _subscription_lock(subscription)
@@ -987,8 +977,7 @@ def subscription_terms_accept(
         )
     _require_manager(
         user=user,
-        organization_id=subscription.organization_id,
-        organization_name=subscription.organization.name,
+        organization=subscription.organization,
         action="accept license terms",
     )
     subscription = _subscription_lock(subscription)

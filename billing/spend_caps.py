@@ -36,7 +36,8 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import MANAGER_ROLES, ApiKey, Membership, Organization, User
+from accounts.models import ApiKey, Organization, User
+from accounts.selectors import user_can_manage
 from billing.models import SpendCap
 from marketplace.errors import ApplicationError, Forbidden
 from moderation.audit import audit_log_write
@@ -80,10 +81,10 @@ def _month_bounds(month: date) -> tuple[datetime, datetime]:
 
 
 def money_format(amount: Decimal | int | float, currency: str = SPEND_CAP_CURRENCY) -> str:
-    """A major-unit amount for people, rounded to the currency's minor unit: ``$50.00``."""
+    """A major-unit amount for people in the caps' currency: ``$50.00``."""
     from billing import pricing
 
-    return pricing.money_format(pricing.major_to_minor(Decimal(str(amount)), currency), currency)
+    return pricing.money_format_major(amount, currency)
 
 
 def to_micros(amount: Decimal | int | str) -> int:
@@ -490,10 +491,7 @@ def spend_cap_notice_send(*, spend_cap_id: int, month: date) -> int:
 
 
 def _require_manager(*, user: User, organization: Organization) -> None:
-    role = None
-    if getattr(user, "is_authenticated", False):
-        role = Membership.objects.filter(user=user, organization=organization).values_list("role", flat=True).first()
-    if role not in MANAGER_ROLES:
+    if not user_can_manage(user=user, organization=organization):
         raise Forbidden("Only owners and admins of the organization may change its spend caps.")
 
 

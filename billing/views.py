@@ -8,7 +8,7 @@ from typing import cast
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import IntegerField, OuterRef, Subquery, Sum
+from django.db.models import IntegerField, Sum
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -65,23 +65,11 @@ def subscriptions(request: HttpRequest) -> HttpResponse:
             raise Http404("No such organization.")
     rows = []
     if organization is not None:
-        from inference.models import UsageRecord
-
-        period_units = (
-            UsageRecord.objects.filter(
-                subscription=OuterRef("pk"),
-                created_at__gte=OuterRef("current_period_start"),
-                created_at__lt=OuterRef("current_period_end"),
-            )
-            .order_by()
-            .values("subscription")
-            .annotate(total=Sum("units"))
-            .values("total")
-        )
+        usage_units = selectors.subscription_period_usage(Sum("units"), output_field=IntegerField())
         rows = selectors.subscriptions_decorate_for_page(
             subscriptions=list(
                 selectors.subscription_list_for_organization(organization=organization).annotate(
-                    usage_units=Subquery(period_units, output_field=IntegerField())
+                    usage_units=usage_units
                 )
             )
         )

@@ -35,7 +35,7 @@ def money_major(amount: Decimal | int | float | None, currency: str = "usd") -> 
     """A major-unit amount for people, rounded to the currency's minor unit: ``$12.35``."""
     if amount is None:
         return "—"
-    return pricing.money_format(pricing.major_to_minor(Decimal(str(amount)), currency), currency)
+    return pricing.money_format_major(amount, currency)
 
 
 @register.filter

@@ -10,10 +10,6 @@ from billing.models import Plan, PlanKind
 register = template.Library()
 
 
-def _money(cents: int, currency: str) -> str:
-    return pricing.money_format(cents, currency)
-
-
 @register.filter
 def plan_summary(plan: Plan) -> str:
     """E.g. ``$49 / month · 100,000 units included · then $0.50 per 1,000`` (pricing.plan_price_summary)."""
@@ -37,8 +33,8 @@ def plan_price(plan: Plan) -> str:
     if plan.kind == PlanKind.FREE:
         return "Free"
     if plan.kind == PlanKind.FLAT:
-        return f"{_money(plan.monthly_price_cents, plan.currency)} / month"
-    return f"{_money(plan.price_per_1000_units_cents, plan.currency)} per 1,000 units"
+        return f"{pricing.money_format(plan.monthly_price_cents, plan.currency)} / month"
+    return f"{pricing.money_format(plan.price_per_1000_units_cents, plan.currency)} per 1,000 units"
 
 
 @register.filter

@@ -90,6 +90,9 @@ def test_minor_units_follow_the_currency():
     assert pricing.major_to_minor("49", "usd") == 4900
     assert pricing.major_to_minor(Decimal("0.505"), "usd") == 51  # half up
     assert pricing.major_to_minor("500", "jpy") == 500
+    assert pricing.money_format_major(Decimal("12.345"), "usd") == "$12.35"  # rounded half up, once
+    assert pricing.money_format_major(0.004, "usd") == "$0.00"
+    assert pricing.money_format_major(Decimal("1234.5"), "jpy") == "¥1,235"
     assert pricing.minor_to_major(1234, "kwd") == Decimal("1.234")
     assert pricing.stripe_unit_amount_decimal(PRO) == Decimal("0.05")  # cents per single unit
     assert pricing.stripe_unit_amount_decimal(_plan(PlanKind.METERED, price_per_1000_units_cents=25)) == Decimal(
