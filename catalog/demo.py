@@ -96,15 +96,21 @@ One row per example in the `features` tensor (`FP32`, shape `[-1, {len(features)
 """
 
 
+def _fit(model: Any, x: np.ndarray, y: np.ndarray, *, test_size: float) -> tuple[Any, np.ndarray, float]:
+    """Fit on a fixed split; the fitted model, the held-out inputs and its score on them (accuracy or R²)."""
+    from sklearn.model_selection import train_test_split
+
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=0)
+    model.fit(x_train, y_train)
+    return model, x_test, float(model.score(x_test, y_test))
+
+
 def _train_digits() -> tuple[bytes, dict[str, Any], str]:
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
 
     data = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(data.data, data.target, test_size=0.25, random_state=0)
-    model = LogisticRegression(max_iter=2000).fit(x_train, y_train)
-    acc = model.score(x_test, y_test)
+    model, x_test, acc = _fit(LogisticRegression(max_iter=2000), data.data, data.target, test_size=0.25)
     card = _card(
         "Handwritten digit recognizer (8×8)",
         "Reads a scanned 8×8 grey-level image of a handwritten digit and returns the digit 0–9. "
@@ -121,12 +127,11 @@ def _train_digits() -> tuple[bytes, dict[str, Any], str]:
 def _train_breast_cancer() -> tuple[bytes, dict[str, Any], str]:
     from sklearn.datasets import load_breast_cancer
     from sklearn.ensemble import RandomForestClassifier
-    from sklearn.model_selection import train_test_split
 
     data = load_breast_cancer()
-    x_train, x_test, y_train, y_test = train_test_split(data.data, data.target, test_size=0.25, random_state=0)
-    model = RandomForestClassifier(n_estimators=40, max_depth=6, random_state=0).fit(x_train, y_train)
-    acc = model.score(x_test, y_test)
+    model, x_test, acc = _fit(
+        RandomForestClassifier(n_estimators=40, max_depth=6, random_state=0), data.data, data.target, test_size=0.25
+    )
     card = _card(
         "Breast mass malignancy screen",
         "Scores the 30 cell-nucleus measurements of a fine-needle aspirate and flags likely malignant masses, "
@@ -142,15 +147,14 @@ def _train_breast_cancer() -> tuple[bytes, dict[str, Any], str]:
 
 def _train_wine() -> tuple[bytes, dict[str, Any], str]:
     from sklearn.datasets import load_wine
-    from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     data = load_wine()
-    x_train, x_test, y_train, y_test = train_test_split(data.data, data.target, test_size=0.3, random_state=0)
-    model = make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)).fit(x_train, y_train)
-    acc = model.score(x_test, y_test)
+    model, x_test, acc = _fit(
+        make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)), data.data, data.target, test_size=0.3
+    )
     card = _card(
         "Wine cultivar classifier",
         "Identifies which of three Italian cultivars a wine comes from, from 13 results of chemical analysis. "
@@ -166,13 +170,12 @@ def _train_wine() -> tuple[bytes, dict[str, Any], str]:
 
 def _train_iris() -> tuple[bytes, dict[str, Any], str]:
     from sklearn.datasets import load_iris
-    from sklearn.model_selection import train_test_split
     from sklearn.tree import DecisionTreeClassifier
 
     data = load_iris()
-    x_train, x_test, y_train, y_test = train_test_split(data.data, data.target, test_size=0.3, random_state=0)
-    model = DecisionTreeClassifier(max_depth=4, random_state=0).fit(x_train, y_train)
-    acc = model.score(x_test, y_test)
+    model, x_test, acc = _fit(
+        DecisionTreeClassifier(max_depth=4, random_state=0), data.data, data.target, test_size=0.3
+    )
     card = _card(
         "Iris species identifier",
         "Names the species of an iris flower (setosa, versicolor, virginica) from four measurements in centimetres. "
@@ -189,12 +192,9 @@ def _train_iris() -> tuple[bytes, dict[str, Any], str]:
 def _train_diabetes() -> tuple[bytes, dict[str, Any], str]:
     from sklearn.datasets import load_diabetes
     from sklearn.linear_model import Ridge
-    from sklearn.model_selection import train_test_split
 
     data = load_diabetes()
-    x_train, x_test, y_train, y_test = train_test_split(data.data, data.target, test_size=0.25, random_state=0)
-    model = Ridge(alpha=0.1).fit(x_train, y_train)
-    r2 = model.score(x_test, y_test)
+    model, x_test, r2 = _fit(Ridge(alpha=0.1), data.data, data.target, test_size=0.25)
     card = _card(
         "Diabetes progression estimator",
         "Estimates a quantitative measure of disease progression one year after baseline from age, sex, BMI, "
@@ -210,7 +210,6 @@ def _train_diabetes() -> tuple[bytes, dict[str, Any], str]:
 
 def _train_housing() -> tuple[bytes, dict[str, Any], str]:
     from sklearn.ensemble import GradientBoostingRegressor
-    from sklearn.model_selection import train_test_split
 
     rng = np.random.default_rng(7)
     n = 4000
@@ -223,9 +222,9 @@ def _train_housing() -> tuple[bytes, dict[str, Any], str]:
     coast = np.exp(-np.abs(longitude + 122.0) / 2.5)
     price = 0.45 * income + 0.9 * coast + 0.01 * rooms - 0.05 * occupancy - 0.002 * age + rng.normal(0, 0.25, n)
     x = np.column_stack([income, age, rooms, occupancy, latitude, longitude])
-    x_train, x_test, y_train, y_test = train_test_split(x, price, test_size=0.25, random_state=0)
-    model = GradientBoostingRegressor(n_estimators=80, max_depth=3, random_state=0).fit(x_train, y_train)
-    r2 = model.score(x_test, y_test)
+    model, x_test, r2 = _fit(
+        GradientBoostingRegressor(n_estimators=80, max_depth=3, random_state=0), x, price, test_size=0.25
+    )
     card = _card(
         "Coastal house price estimator",
         "Estimates the median house value of a block (in units of $100,000) from income, age, rooms, occupancy "
@@ -243,12 +242,9 @@ def _train_housing() -> tuple[bytes, dict[str, Any], str]:
 def _train_credit() -> tuple[bytes, dict[str, Any], str]:
     from sklearn.datasets import make_classification
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
 
     x, y = make_classification(n_samples=5000, n_features=12, n_informative=7, weights=[0.85, 0.15], random_state=11)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0)
-    model = LogisticRegression(max_iter=1000, class_weight="balanced").fit(x_train, y_train)
-    acc = model.score(x_test, y_test)
+    model, x_test, acc = _fit(LogisticRegression(max_iter=1000, class_weight="balanced"), x, y, test_size=0.25)
     card = _card(
         "Credit default early warning",
         "Scores twelve standardised account-behaviour signals and returns the probability that an account "

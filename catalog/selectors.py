@@ -247,25 +247,14 @@ def listing_facets_and_count(
     return facets, total
 
 
-def listing_facets(
-    *,
-    query: str = "",
-    domain: list[str] | None = None,
-    task: list[str] | None = None,
-    license: list[str] | None = None,
-    tag: str | None = None,
-    organization: Organization | None = None,
-    **_: Any,
-) -> FacetCounts:
+def listing_facets(**filters: Any) -> FacetCounts:
     """Counts per value of domain, task and license: ``{"domain": [(value, label, count), ...], ...}``.
 
     Each facet is counted with the query and the other facets' filters applied. Values with no hits
-    are left out unless they are selected. Extra keyword arguments (e.g. ``sort``) are ignored so
-    callers can pass the same filters they give ``listing_search``.
+    are left out unless they are selected. Takes the filters of ``listing_facets_and_count`` (which
+    ignores extras such as ``sort``, so callers can pass what they give ``listing_search``).
     """
-    facets, _total = listing_facets_and_count(
-        query=query, domain=domain, task=task, license=license, tag=tag, organization=organization
-    )
+    facets, _total = listing_facets_and_count(**filters)
     return facets
 
 

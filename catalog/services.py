@@ -464,10 +464,10 @@ def version_upload_complete(*, version: Version, user: User, parts: list[dict[st
 # --- versions: validation (the worker) --------------------------------------------------------
 
 
-def _report_progress_save(*, version_id: int, report: dict[str, Any]) -> None:
+def _report_progress_save(*, version_id: int, report: dict[str, Any], **fields: Any) -> None:
     # A short autocommitted UPDATE per step, so the publisher's page sees progress while the worker runs.
     Version.objects.filter(pk=version_id, status=VersionStatus.VALIDATING).update(
-        validation_report=report, updated_at=timezone.now()
+        validation_report=report, updated_at=timezone.now(), **fields
     )
 
 
@@ -524,9 +524,7 @@ def version_validate(*, version_id: int) -> None:
 
     steps: list[dict[str, Any]] = []
     report: dict[str, Any] = {"ok": None, "state": "running", "steps": steps}
-    Version.objects.filter(pk=version_id, status=VersionStatus.VALIDATING).update(
-        validation_started_at=timezone.now(), validation_report=report, updated_at=timezone.now()
-    )
+    _report_progress_save(version_id=version_id, report=report, validation_started_at=timezone.now())
 
     def on_step(step: dict[str, Any]) -> None:
         for i, existing in enumerate(steps):

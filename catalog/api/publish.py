@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Organization
+from accounts.models import Organization, User
 from accounts.selectors import organization_list_for_user
 from catalog import services
 from catalog.models import Domain, LicenseTemplate, Listing, Task, Version, VersionStatus
@@ -391,57 +391,73 @@ class VersionCompleteApi(APIView):
         return Response(_version_data(version))
 
 
-class VersionSubmitApi(APIView):
+# POST on a version of one of the caller's organizations: one lifecycle service, the version back.
+# Subclasses name the service in ``act`` and, where it takes input, an ``InputSerializer``. (A comment,
+# not a docstring: drf-spectacular would publish a docstring as every subclass's description.)
+class _VersionActionApi(APIView):
     permission_classes = [IsAuthenticated]
+    InputSerializer: type[serializers.Serializer] | None = None
 
-    @extend_schema(
+    def act(self, *, version: Version, user: User, **data: Any) -> Version:
+        raise NotImplementedError
+
+    def post(self, request: Request, version_id: int) -> Response:
+        user = request_user(request)
+        version = version_get_for_member(user=user, version_id=version_id)
+        data: dict[str, Any] = {}
+        if self.InputSerializer is not None:
+            serializer = self.InputSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
+        return Response(_version_data(self.act(version=version, user=user, **data)))
+
+
+@extend_schema_view(
+    post=extend_schema(
         tags=TAGS,
         operation_id="versions_submit",
         summary="Submit a validated version for review",
         request=None,
         responses={200: PublisherVersionOutputSerializer},
     )
-    def post(self, request: Request, version_id: int) -> Response:
-        version = version_get_for_member(user=request_user(request), version_id=version_id)
-        version = services.version_submit(version=version, user=request_user(request))
-        return Response(_version_data(version))
+)
+class VersionSubmitApi(_VersionActionApi):
+    def act(self, *, version: Version, user: User, **data: Any) -> Version:
+        return services.version_submit(version=version, user=user)
 
 
-class VersionWithdrawApi(APIView):
-    permission_classes = [IsAuthenticated]
+class _WithdrawInputSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
-    class InputSerializer(serializers.Serializer):
-        reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    class Meta:
+        ref_name = "PublisherVersionWithdrawInput"
 
-        class Meta:
-            ref_name = "PublisherVersionWithdrawInput"
 
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         tags=TAGS,
         operation_id="versions_withdraw",
         summary="Withdraw a version for good (buyers on the stable channel move to the next one)",
-        request=InputSerializer,
+        request=_WithdrawInputSerializer,
         responses={200: PublisherVersionOutputSerializer},
     )
-    def post(self, request: Request, version_id: int) -> Response:
-        version = version_get_for_member(user=request_user(request), version_id=version_id)
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        version = services.version_withdraw(version=version, actor=request_user(request), **serializer.validated_data)
-        return Response(_version_data(version))
+)
+class VersionWithdrawApi(_VersionActionApi):
+    InputSerializer = _WithdrawInputSerializer
+
+    def act(self, *, version: Version, user: User, **data: Any) -> Version:
+        return services.version_withdraw(version=version, actor=user, **data)
 
 
-class VersionDeprecateApi(APIView):
-    permission_classes = [IsAuthenticated]
-
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         tags=TAGS,
         operation_id="versions_deprecate",
         summary="Deprecate a published version (pinned buyers keep it)",
         request=None,
         responses={200: PublisherVersionOutputSerializer},
     )
-    def post(self, request: Request, version_id: int) -> Response:
-        version = version_get_for_member(user=request_user(request), version_id=version_id)
-        version = services.version_deprecate(version=version, user=request_user(request))
-        return Response(_version_data(version))
+)
+class VersionDeprecateApi(_VersionActionApi):
+    def act(self, *, version: Version, user: User, **data: Any) -> Version:
+        return services.version_deprecate(version=version, user=user)

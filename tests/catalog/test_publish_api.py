@@ -277,3 +277,21 @@ def test_openapi_schema_lists_the_publishing_routes(client_for, publisher):
         "/api/v1/versions/{version_id}",
     ):
         assert path in paths
+
+
+def test_deprecate_moves_a_published_version_and_only_for_the_organization(client_for, publisher, make_user):
+    user, org = publisher
+    listing = _listing(org, user)
+    version = _version_row(listing, status=VersionStatus.PUBLISHED)
+
+    outsider = make_user()
+    assert client_for(outsider).post(f"/api/v1/versions/{version.pk}/deprecate").status_code == 404
+
+    response = client_for(user).post(f"/api/v1/versions/{version.pk}/deprecate")
+    assert response.status_code == 200, response.json()
+    assert response.json()["status"] == "deprecated"
+    version.refresh_from_db()
+    assert version.status == VersionStatus.DEPRECATED
+
+    response = client_for(user).post(f"/api/v1/versions/{version.pk}/deprecate")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "invalid_state"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Membership, Role
 from catalog import services
@@ -193,3 +195,65 @@ def test_pages_are_404_for_members_and_strangers(client, make_user, make_org, pu
         assert client.post(f"/publish/versions/{version.pk}/submit/").status_code == 404
     version.refresh_from_db()
     assert version.status == VersionStatus.READY
+
+
+def _publisher_seed(*, org, user, listings: int, versions: int) -> Listing:
+    from billing.models import Plan
+
+    first = None
+    for i in range(listings):
+        listing = services.listing_create(
+            organization=org,
+            user=user,
+            name=f"Bulk model {uuid.uuid4().hex[:8]}",
+            summary="Seeded for query counts.",
+            domain="science",
+            task="classification",
+            tags=["bulk", f"t{i}"],
+            license="apache-2.0",
+        )
+        for v in range(versions):
+            Version.objects.create(
+                listing=listing,
+                version=f"1.{v}.0",
+                major=1,
+                minor=v,
+                status=VersionStatus.READY,
+                artifact_key=f"artifacts/{listing.pk}/{uuid.uuid4().hex}/model.onnx",
+                artifact_size=2048,
+                artifact_sha256="c" * 64,
+            )
+            Plan.objects.create(listing=listing, name=f"Free {v}", kind="free")
+        first = first or listing
+    assert first is not None
+    return first
+
+
+def test_publisher_pages_use_a_constant_number_of_queries(client, publisher, django_assert_max_num_queries):
+    user, org = publisher
+    client.force_login(user)
+    listing = _publisher_seed(org=org, user=user, listings=1, versions=1)
+    urls = ["/publish/", f"/publish/listings/{listing.slug}/"]
+    for url in urls:
+        assert client.get(url).status_code == 200  # warm up session and per-process caches
+    few = {}
+    for url in urls:
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(url).status_code == 200
+        few[url] = len(ctx.captured_queries)
+
+    _publisher_seed(org=org, user=user, listings=4, versions=4)
+    for i in range(4):
+        Version.objects.create(
+            listing=listing,
+            version=f"2.{i}.0",
+            major=2,
+            minor=i,
+            status=VersionStatus.READY,
+            artifact_key=f"artifacts/{listing.pk}/{uuid.uuid4().hex}/model.onnx",
+            artifact_size=2048,
+            artifact_sha256="c" * 64,
+        )
+    for url in urls:
+        with django_assert_max_num_queries(few[url]):
+            client.get(url)
