@@ -349,19 +349,18 @@ class RedisMetering:
             return
         pipe = self.client.pipeline(transaction=True)
         pipe.rpush(USAGE_BUFFER, entry_encode(usage))
-        if admission.idempotency is not None and stored is not None:
-            key = admission.idempotency.key
-            pipe.hset(
-                key,
-                mapping={
-                    "fp": admission.idempotency.fingerprint,
-                    "state": "done",
-                    "status": stored.status,
-                    "headers": json.dumps(stored.headers),
-                    "body": stored.body,
-                },
-            )
-            pipe.expire(key, settings.INFERENCE_IDEMPOTENCY_TTL_S)
+        key = admission.idempotency.key
+        pipe.hset(
+            key,
+            mapping={
+                "fp": admission.idempotency.fingerprint,
+                "state": "done",
+                "status": stored.status,
+                "headers": json.dumps(stored.headers),
+                "body": stored.body,
+            },
+        )
+        pipe.expire(key, settings.INFERENCE_IDEMPOTENCY_TTL_S)
         self._call(pipe.execute)
 
     def fail(self, admission: Admission | None, error: ErrorEntry, *, refund: bool) -> None:
@@ -410,13 +409,6 @@ class RedisMetering:
 
     def claim(self, buffer: str, processing: str, batch: int) -> list[bytes]:
         return self._call(self._claim, keys=[buffer, processing], args=[batch])
-
-    def backlog(self) -> dict[str, int]:
-        pipe = self.client.pipeline(transaction=False)
-        for name in (USAGE_BUFFER, USAGE_PROCESSING, ERROR_BUFFER, ERROR_PROCESSING):
-            pipe.llen(name)
-        usage, usage_processing, errors, errors_processing = self._call(pipe.execute)
-        return {"usage": usage + usage_processing, "errors": errors + errors_processing}
 
 
 # --- in process ----------------------------------------------------------------------------------

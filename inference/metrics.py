@@ -1,7 +1,8 @@
 """Prometheus metrics of model serving, and the ``/metrics`` view.
 
-Label conventions: ``listing`` is the listing slug, ``version`` the version's primary key (as a string: stable
-across renames and the same in the web process and the workers). Request metrics are recorded by the API
+Label conventions: ``listing`` is the listing slug. ``version`` is the version number ("1.0.0") on the request
+metrics, which the API records, and the version's primary key (as a string) on the host, cache and batch metrics,
+since the model host knows a version only by its id. Request metrics are recorded by the API
 (:func:`request_observe`); cache, load and batch metrics by the host and the batcher, in whichever process
 hosts the model (the web process in inline mode, the inference workers in celery mode).
 

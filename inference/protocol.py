@@ -22,40 +22,20 @@ from typing import Any
 
 import numpy as np
 
+from inference.datatypes import DATATYPE_TO_NUMPY
+from inference.errors import InferenceFailed
 from marketplace.errors import ApplicationError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 
-DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
 _NUMPY_TO_DATATYPE = {dtype: name for name, dtype in DATATYPE_TO_NUMPY.items() if name != "BYTES"}
 # Which kinds of JSON values numpy infers that a datatype accepts (ints are fine for floats, not the reverse).
 _ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 # Request parameters Triton's client may send that change nothing here.
 _IGNORED_REQUEST_PARAMETERS = {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start",
                                "sequence_end"}  # fmt: skip
-
-
-class InvalidInput(ApplicationError):
-    """The request does not match the protocol or the model's signature (400, names the input)."""
-
-    status = 400
-    code = "invalid_input"
 
 
 class MalformedRequest(ApplicationError):
@@ -374,10 +354,8 @@ def datatype_of(array: np.ndarray) -> str:
     try:
         return _NUMPY_TO_DATATYPE[array.dtype.newbyteorder("=")]
     except KeyError:
-        raise ApplicationError(
-            f"The model returned a tensor of type {array.dtype}, which the protocol cannot carry.",
-            code="inference_failed",
-            status=422,
+        raise InferenceFailed(
+            f"The model returned a tensor of type {array.dtype}, which the protocol cannot carry."
         ) from None
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from inference.datatypes import DATATYPE_TO_NUMPY
+
 # ORT logs CUDA provider load failures (missing libcublas, no driver) at ERROR level on every
 # session it creates; we verify the provider ourselves, so only fatal messages are worth printing.
 ort.set_default_logger_severity(4)
@@ -85,23 +87,8 @@ _ONNX_ELEM_TO_DATATYPE = {
     16: "BF16",
 }
 
-_DATATYPE_TO_NUMPY: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "BYTES": np.object_,  # ORT takes string tensors as object arrays of str
-}
 
-DATATYPES = tuple(_DATATYPE_TO_NUMPY)
+DATATYPES = tuple(DATATYPE_TO_NUMPY)
 
 
 def onnx_type_to_datatype(onnx_type: str | int) -> str:
@@ -124,7 +111,7 @@ def onnx_type_to_datatype(onnx_type: str | int) -> str:
 def datatype_to_numpy(datatype: str) -> np.dtype:
     """Open Inference Protocol datatype -> numpy dtype. BF16 has no numpy dtype and is refused."""
     try:
-        return np.dtype(_DATATYPE_TO_NUMPY[datatype.upper()])
+        return DATATYPE_TO_NUMPY[datatype.upper()]
     except KeyError:
         raise RuntimeFailure(f"Datatype {datatype} is not supported.", kind="type") from None
 
@@ -133,8 +120,8 @@ def numpy_to_datatype(dtype: np.dtype) -> str:
     dtype = np.dtype(dtype)
     if dtype.kind in ("U", "S", "O"):
         return "BYTES"
-    for datatype, np_type in _DATATYPE_TO_NUMPY.items():
-        if np.dtype(np_type) == dtype:
+    for datatype, np_type in DATATYPE_TO_NUMPY.items():
+        if np_type == dtype:
             return datatype
     raise RuntimeFailure(f"numpy dtype {dtype} has no inference datatype.", kind="type")
 

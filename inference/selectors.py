@@ -27,38 +27,34 @@ def usage_by_day(*, organization_id: int, start: datetime, end: datetime, listin
         usage = usage.filter(listing_id=listing_id)
         errors = errors.filter(listing_id=listing_id)
     rows: dict[tuple[date, int | None], dict] = {}
-    for row in (
-        usage.annotate(day=TruncDate("created_at"))
-        .values("day", "listing_id", "listing__slug", "listing__name")
-        .annotate(calls=Count("id"), units=Sum("units"))
-    ):
-        rows[(row["day"], row["listing_id"])] = {
-            "day": row["day"],
-            "listing_id": row["listing_id"],
-            "listing_slug": row["listing__slug"],
-            "listing_name": row["listing__name"],
-            "calls": row["calls"],
-            "units": int(row["units"] or 0),
-            "errors": 0,
-        }
-    for error_row in (
-        errors.annotate(day=TruncDate("created_at"))
-        .values("day", "listing_id", "listing__slug", "listing__name")
-        .annotate(errors=Count("id"))
-    ):
-        entry = rows.setdefault(
-            (error_row["day"], error_row["listing_id"]),
+
+    def row_for(row: dict) -> dict:
+        return rows.setdefault(
+            (row["day"], row["listing_id"]),
             {
-                "day": error_row["day"],
-                "listing_id": error_row["listing_id"],
-                "listing_slug": error_row["listing__slug"],
-                "listing_name": error_row["listing__name"],
+                "day": row["day"],
+                "listing_id": row["listing_id"],
+                "listing_slug": row["listing__slug"],
+                "listing_name": row["listing__name"],
                 "calls": 0,
                 "units": 0,
                 "errors": 0,
             },
         )
-        entry["errors"] = error_row["errors"]
+
+    by_day_and_listing = ("day", "listing_id", "listing__slug", "listing__name")
+    for usage_row in (
+        usage.annotate(day=TruncDate("created_at"))
+        .values(*by_day_and_listing)
+        .annotate(calls=Count("id"), units=Sum("units"))
+    ):
+        entry = row_for(usage_row)
+        entry["calls"] = usage_row["calls"]
+        entry["units"] = int(usage_row["units"] or 0)
+    for error_row in (
+        errors.annotate(day=TruncDate("created_at")).values(*by_day_and_listing).annotate(errors=Count("id"))
+    ):
+        row_for(error_row)["errors"] = error_row["errors"]
     return sorted(rows.values(), key=lambda r: (r["day"], r["listing_slug"] or ""))
 
 
@@ -71,7 +67,3 @@ def usage_totals(*, organization_id: int, start: datetime, end: datetime) -> dic
         organization_id=organization_id, created_at__gte=start, created_at__lt=end
     ).count()
     return {"calls": usage["calls"], "units": int(usage["units"] or 0), "errors": errors}
-
-
-def usage_records_for_request(*, request_id: str) -> list[UsageRecord]:
-    return list(UsageRecord.objects.filter(request_id=request_id))

@@ -91,10 +91,6 @@ def inference_errors_write(*, entries: Iterable[ErrorEntry]) -> int:
     return len(rows)
 
 
-def inference_error_record(*, entry: ErrorEntry) -> None:
-    inference_errors_write(entries=[entry])
-
-
 @dataclass(frozen=True)
 class FlushResult:
     usage: int = 0

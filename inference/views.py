@@ -570,10 +570,7 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
         rate_subject=api_key.rate_subject if isinstance(api_key, SessionCaller) else "",
     )
     metering = metering_backend()
-    try:
-        decision = metering.admit(admission)
-    except MeteringUnavailable:
-        raise
+    decision = metering.admit(admission)  # MeteringUnavailable propagates: fail closed (503)
     if decision.outcome == "replay":
         assert decision.stored is not None
         return _replay(decision.stored)

@@ -287,3 +287,11 @@ def test_responses_decode_with_tritonclient_in_json_and_binary():
 def test_error_payload_is_kserve_shaped_with_a_code():
     body = json.loads(protocol.error_payload(code="invalid_input", message="Input 'x': bad.", fields={"x": ["bad."]}))
     assert body == {"error": "Input 'x': bad.", "code": "invalid_input", "fields": {"x": ["bad."]}}
+
+
+def test_an_output_the_protocol_cannot_carry_is_a_422_inference_failed():
+    assert protocol.datatype_of(np.zeros(2, dtype=">f4")) == "FP32"  # byte order does not matter
+    with pytest.raises(ApplicationError) as caught:
+        protocol.datatype_of(np.zeros(2, dtype=np.complex64))
+    assert (caught.value.status, caught.value.code) == (422, "inference_failed")
+    assert "complex64" in caught.value.message
