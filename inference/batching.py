@@ -164,6 +164,47 @@ class Batcher:
                 self._in_flight -= 1
                 cond.notify()  # a dispatcher waiting for this request to join can stop waiting
 
+    def run_many(
+        self, requests: list[tuple[dict[str, np.ndarray], list[str] | None]]
+    ) -> list[BatchResult | BaseException]:
+        """Run requests that arrived together (one Celery message) in this thread: compatible ones as batches of
+        up to ``max_batch_size`` rows, the rest alone. Each gets its own result or its own error, in order.
+
+        Nothing is queued and no thread is woken: the requests are already together, so no wait can add to a
+        batch what the message did not bring. Requests submitted meanwhile by other threads run on their own."""
+        answers: list[BatchResult | BaseException | None] = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, _Pending]]] = {}
+        enqueued = time.perf_counter()
+        for index, (inputs, output_names) in enumerate(requests):
+            shape = _rows_and_key(inputs, output_names) if self.batchable else None
+            if shape is None:
+                try:
+                    answers[index] = self._run_alone(inputs, output_names, enqueued=enqueued)
+                except Exception as exc:
+                    answers[index] = exc
+                continue
+            pending = _Pending(inputs, output_names, shape[0], shape[1])
+            groups.setdefault(shape[1], []).append((index, pending))
+        for members in groups.values():
+            chunk: list[tuple[int, _Pending]] = []
+            rows = 0
+            for member in [*members, None]:
+                if member is not None and (not chunk or rows + member[1].rows <= self.max_batch_size):
+                    chunk.append(member)
+                    rows += member[1].rows
+                    continue
+                try:
+                    self._execute([pending for _index, pending in chunk])
+                except Exception as exc:  # as in the dispatcher: no request is left without an answer
+                    for _index, pending in chunk:
+                        if pending.result is None and pending.error is None:
+                            pending.error = exc
+                for index, pending in chunk:
+                    answers[index] = pending.error if pending.error is not None else pending.result
+                if member is not None:
+                    chunk, rows = [member], member[1].rows
+        return [answer if answer is not None else RuntimeError("no answer") for answer in answers]
+
     def _run_alone(
         self, inputs: dict[str, np.ndarray], output_names: list[str] | None, *, enqueued: float
     ) -> BatchResult:

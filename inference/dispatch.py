@@ -1,14 +1,18 @@
 """Where inference runs: in this process (``inline``) or on Celery inference workers (``celery``).
 
 Both modes run the same code: :func:`infer_local` (host + micro-batcher). In celery mode the web process
-sends one ``inference_run`` task per request to ``INFERENCE_QUEUE`` with ``expires`` at the deadline; tensors
-travel as base64 of their raw bytes with dtype and shape, far cheaper than JSON number lists.
+sends requests to ``INFERENCE_QUEUE`` as ``inference_run_many`` tasks with ``expires`` at the deadline: one
+request alone when nothing else is being sent, or, under load, every request that arrived in this process while
+the previous message was being sent (:class:`GroupSender`), so Celery's cost per message is shared and the
+worker batches them. Tensors travel as base64 of their raw bytes with dtype and shape, far cheaper than JSON
+number lists.
 
-The answer comes back through a Redis list named in the message (``reply_to``): the worker RPUSHes it (with a
-TTL), the caller BLPOPs it until the deadline. That is one round trip on each side, where Celery's Redis result
-backend costs a SUBSCRIBE before sending, a SET + PUBLISH, an UNSUBSCRIBE and a DEL to forget (measured about
-1 ms more per call on the 2-core box). When neither the result backend nor the broker is Redis, the answer
-comes through Celery's result backend instead (``AsyncResult.get``, then ``forget``).
+Each answer comes back through a Redis list named in the message (``reply_to``): the worker RPUSHes all the
+answers of a message in one pipeline (with a TTL), each caller BLPOPs its own until the deadline. That is one
+round trip on each side, where Celery's Redis result backend costs a SUBSCRIBE before sending, a SET + PUBLISH,
+an UNSUBSCRIBE and a DEL to forget (measured about 1 ms more per call on the 2-core box). When neither the result
+backend nor the broker is Redis, each request is one ``inference_run`` task whose answer comes through Celery's
+result backend instead (``AsyncResult.get``, then ``forget``).
 
 A lost worker, a passed deadline or a broker that cannot be reached is a 503 ``model_unavailable`` with
 ``retry_after``; nothing is re-run (see inference/tasks.py for why the task is at-most-once).
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,11 +115,7 @@ def infer_local(
     try:
         result = hosted.batcher.submit(inputs=inputs, output_names=output_names, timeout_s=remaining)
     except runtime.RuntimeFailure as exc:
-        if exc.kind == "memory":
-            raise ModelUnavailable(
-                "The model ran out of memory on this request; try a smaller batch.", retry_after=5
-            ) from exc
-        raise InferenceFailed(f"The model rejected the input: {exc.message}") from exc
+        raise _runtime_error(exc) from exc
     return InferResult(
         outputs=result.outputs,
         provider=hosted.provider,
@@ -121,6 +123,12 @@ def infer_local(
         compute_ms=result.compute_ms,
         batch_rows=result.batch_rows,
     )
+
+
+def _runtime_error(exc: runtime.RuntimeFailure) -> ModelUnavailable | InferenceFailed:
+    if exc.kind == "memory":
+        return ModelUnavailable("The model ran out of memory on this request; try a smaller batch.", retry_after=5)
+    return InferenceFailed(f"The model rejected the input: {exc.message}")
 
 
 # --- celery mode -----------------------------------------------------------------------------------------
@@ -160,29 +168,56 @@ def request_encode(
 
 
 def request_run(payload: dict[str, Any]) -> dict[str, Any]:
-    """The worker's side of celery mode: run the request here and encode the answer (errors as values)."""
-    remaining = float(payload["deadline_at"]) - time.time()
-    if remaining <= 0:
-        message = "The deadline passed before a worker took the request."
-        return {"error": {"kind": "unavailable", "message": message, "retry_after": WORKER_RETRY_AFTER_S}}
-    try:
-        result = infer_local(
-            model=ModelRef.from_dict(payload["model"]),
-            inputs={name: tensor_decode(value) for name, value in payload["inputs"].items()},
-            output_names=payload.get("outputs"),
-            deadline_s=remaining,
-        )
-    except ModelUnavailable as exc:
-        return {"error": {"kind": "unavailable", "message": exc.message, "retry_after": exc.retry_after}}
-    except InferenceFailed as exc:
+    """The worker's side of celery mode for one request (the result-backend path)."""
+    return requests_run([payload])[0]
+
+
+def requests_run(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The worker's side of celery mode: run the requests of one message here and encode each answer (errors as
+    values, one per request). Requests for one version run through its batcher together (``run_many``)."""
+    answers: list[dict[str, Any] | None] = [None] * len(payloads)
+    by_model: dict[tuple[Any, ...], list[int]] = {}
+    now = time.time()
+    for index, payload in enumerate(payloads):
+        if float(payload["deadline_at"]) - now <= 0:
+            message = "The deadline passed before a worker took the request."
+            answers[index] = {"error": {"kind": "unavailable", "message": message, "retry_after": WORKER_RETRY_AFTER_S}}
+            continue
+        by_model.setdefault(tuple(sorted(payload["model"].items())), []).append(index)
+    for indexes in by_model.values():
+        model = ModelRef.from_dict(payloads[indexes[0]]["model"])
+        try:
+            hosted = model_host().model_get(model)
+        except ModelUnavailable as exc:
+            for index in indexes:
+                answers[index] = _error_answer(exc)
+            continue
+        requests = [
+            ({name: tensor_decode(value) for name, value in payloads[i]["inputs"].items()}, payloads[i].get("outputs"))
+            for i in indexes
+        ]
+        for index, result in zip(indexes, hosted.batcher.run_many(requests), strict=True):
+            if isinstance(result, runtime.RuntimeFailure):
+                answers[index] = _error_answer(_runtime_error(result))
+            elif isinstance(result, BaseException):
+                logger.error("Inference of version %s failed", model.version_id, exc_info=result)
+                message = "The inference worker failed on this request."
+                answers[index] = _error_answer(ModelUnavailable(message, retry_after=WORKER_RETRY_AFTER_S))
+            else:
+                answers[index] = {
+                    "outputs": {name: tensor_encode(value) for name, value in result.outputs.items()},
+                    "provider": hosted.provider,
+                    "queue_ms": result.queue_ms,
+                    "compute_ms": result.compute_ms,
+                    "batch_rows": result.batch_rows,
+                }
+    return [answer or {} for answer in answers]
+
+
+def _error_answer(exc: ModelUnavailable | InferenceFailed) -> dict[str, Any]:
+    if isinstance(exc, InferenceFailed):
         return {"error": {"kind": "failed", "message": exc.message}}
-    return {
-        "outputs": {name: tensor_encode(value) for name, value in result.outputs.items()},
-        "provider": result.provider,
-        "queue_ms": result.queue_ms,
-        "compute_ms": result.compute_ms,
-        "batch_rows": result.batch_rows,
-    }
+    return {"error": {"kind": "unavailable", "message": exc.message, "retry_after": exc.retry_after}}
 
 
 def response_decode(answer: dict[str, Any]) -> InferResult:
@@ -245,15 +280,140 @@ def _reply_client() -> Any:
     return client
 
 
-def reply_push(*, key: str, answer: dict[str, Any], deadline_at: float) -> None:
+def replies_push(*, replies: list[tuple[str, dict[str, Any]]], deadline_at: float) -> None:
+    """Push each answer to its caller's list, all in one round trip."""
     import json
 
     client = _reply_client()
     ttl = max(5, int(deadline_at - time.time()) + 60)  # nobody pops it after the deadline: let it expire
     with client.pipeline(transaction=False) as pipe:
-        pipe.rpush(key, json.dumps(answer, separators=(",", ":")))
-        pipe.expire(key, ttl)
+        for key, answer in replies:
+            pipe.rpush(key, json.dumps(answer, separators=(",", ":")))
+            pipe.expire(key, ttl)
         pipe.execute()
+
+
+class _Outgoing:
+    __slots__ = ("request", "size", "sent", "error", "lead")
+
+    def __init__(self, request: dict[str, Any], size: int) -> None:
+        self.request = request
+        self.size = size
+        self.sent = threading.Event()
+        self.error: BaseException | None = None
+        self.lead = False
+
+
+class GroupSender:
+    """Sends the requests of this process to the inference queue, several to a message when they meet.
+
+    Group commit, as databases write their log: a request that finds nobody sending sends at once, alone (no
+    timer, so a lone request never waits); requests that arrive while a message is being sent wait for it, and
+    the oldest of them then sends one message carrying all of them (up to ``max_requests`` and ``max_bytes``).
+    Each thread sends at most one message, the one with its own request, then hands the lead on. Under load a
+    message carries many requests, so Celery's cost per message (publish here; receive, ack and task start on
+    the worker) is paid once for all of them, and the worker runs them through the version's batcher together.
+    """
+
+    def __init__(self, send: Any, *, max_requests: int = 64, max_bytes: int = 4 * 1024**2) -> None:
+        self._send = send  # send(list of requests): one message; raises when the broker cannot be reached
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._waiting: deque[_Outgoing] = deque()
+        self._busy = False  # a thread holds the lead (it is sending, or about to)
+
+    def send(self, request: dict[str, Any], *, size: int, timeout_s: float) -> None:
+        """Returns once a message carrying ``request`` is with the broker; raises the send error otherwise, or
+        ModelUnavailable when ``timeout_s`` passes first."""
+        outgoing = _Outgoing(request, size)
+        with self._lock:
+            self._waiting.append(outgoing)
+            lead = outgoing.lead = not self._busy
+            self._busy = True
+        if not lead and not self._wait(outgoing, timeout_s):
+            return  # sent by another thread, in its message
+        self._lead(outgoing)
+
+    def _wait(self, outgoing: _Outgoing, timeout_s: float) -> bool:
+        """Wait until another thread has sent this request (False) or handed the lead to it (True)."""
+        if not outgoing.sent.wait(timeout_s):
+            with self._lock:
+                if not outgoing.sent.is_set() and outgoing in self._waiting and not outgoing.lead:
+                    self._waiting.remove(outgoing)
+                    raise ModelUnavailable(
+                        "The request could not be sent to the inference workers in time.",
+                        retry_after=WORKER_RETRY_AFTER_S,
+                    )
+            outgoing.sent.wait()  # being sent right now, or just handed the lead: a moment
+        if outgoing.error is not None:
+            raise outgoing.error
+        return outgoing.lead
+
+    def _lead(self, outgoing: _Outgoing) -> None:
+        with self._lock:
+            group: list[_Outgoing] = []
+            size = 0
+            while self._waiting and len(group) < self.max_requests:
+                head = self._waiting[0]
+                if group and size + head.size > self.max_bytes:
+                    break
+                group.append(self._waiting.popleft())
+                size += head.size
+        assert group and group[0] is outgoing  # the lead is always the oldest waiting request
+        error: BaseException | None = None
+        try:
+            self._send([member.request for member in group])
+        except Exception as exc:
+            error = exc
+        for member in group[1:]:
+            member.error = error
+            member.sent.set()
+        with self._lock:
+            successor = self._waiting[0] if self._waiting else None
+            if successor is None:
+                self._busy = False
+            else:
+                successor.lead = True
+        if successor is not None:
+            successor.sent.set()
+        if error is not None:
+            raise error
+
+
+_senders: dict[str, GroupSender] = {}
+_senders_lock = threading.Lock()
+
+
+def _group_sender() -> GroupSender:
+    queue = settings.INFERENCE_QUEUE
+    sender = _senders.get(queue)
+    if sender is None:
+        with _senders_lock:
+            sender = _senders.get(queue)
+            if sender is None:
+                sender = _senders[queue] = GroupSender(
+                    lambda requests: _requests_send(requests, queue=queue),
+                    max_requests=settings.INFERENCE_SEND_MAX_REQUESTS,
+                )
+    return sender
+
+
+def _requests_send(requests: list[dict[str, Any]], *, queue: str) -> None:
+    from inference.tasks import inference_run_many
+
+    deadline_at = max(float(request["payload"]["deadline_at"]) for request in requests)
+    versions = sorted({request["payload"]["model"]["version_id"] for request in requests})
+    inference_run_many.apply_async(
+        kwargs={"requests": requests},
+        ignore_result=True,
+        queue=queue,
+        # A worker that takes it later discards it: every caller in it has had its 503.
+        expires=max(0.001, deadline_at - time.time()),
+        retry=False,  # with the broker down, fail now (503) instead of retrying past the deadline
+        argsrepr="",
+        kwargsrepr=f"{len(requests)} requests, versions {versions}",
+    )
 
 
 def _infer_celery_reply(
@@ -263,16 +423,15 @@ def _infer_celery_reply(
     import json
     import uuid
 
-    from inference.tasks import inference_run
-
     started = time.monotonic()
     deadline_at = time.time() + deadline_s
     payload = request_encode(model=model, inputs=inputs, output_names=output_names, deadline_at=deadline_at)
     key = REPLY_KEY_PREFIX + uuid.uuid4().hex
+    size = sum(array.nbytes for array in inputs.values()) * 4 // 3 + 512  # base64 and the envelope, roughly
     try:
-        inference_run.apply_async(
-            kwargs={"payload": payload, "reply_to": key}, ignore_result=True, **_send_options(model, deadline_s)
-        )
+        _group_sender().send({"payload": payload, "reply_to": key}, size=size, timeout_s=deadline_s)
+    except ModelUnavailable:
+        raise
     except Exception as exc:  # kombu/redis connection errors have no common base class worth naming
         raise _unreachable(exc) from exc
     remaining = max(0.01, deadline_s - (time.monotonic() - started))

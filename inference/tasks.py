@@ -1,12 +1,12 @@
 """Celery tasks of the model host. Thin: they decode and call inference.dispatch.
 
-``inference_run`` is deliberately at-most-once (``acks_late=False``, no retries), unlike the validation task:
-the message is acknowledged when a worker takes it, so a worker killed mid-request loses the request and the
-caller gets a 503 at its deadline. With late acks the broker would hand the request to another worker after
-the caller had already answered 503 (and not charged), running unpaid work nobody waits for, or, with the
-Redis visibility timeout, an hour later. The client retries instead, with ``Retry-After``. Every message also
-carries ``expires`` at the caller's deadline, so one restored after a crash (taken, not yet acknowledged) is
-discarded, never run late.
+``inference_run_many`` (and ``inference_run``) is deliberately at-most-once (``acks_late=False``, no retries),
+unlike the validation task: the message is acknowledged when a worker takes it, so a worker killed mid-request
+loses its requests and their callers get a 503 at their deadline. With late acks the broker would hand them to
+another worker after the callers had already answered 503 (and not charged), running unpaid work nobody waits
+for, or, with the Redis visibility timeout, an hour later. The client retries instead, with ``Retry-After``.
+Every message also carries ``expires`` at its callers' deadline, so one restored after a crash (taken, not yet
+acknowledged) is discarded, never run late.
 
 ``model_warm`` and ``model_evict`` are routed to a broadcast (fanout) queue, so every inference worker that
 consumes ``<INFERENCE_QUEUE>.broadcast`` runs them.
@@ -24,17 +24,23 @@ from celery import shared_task
 from inference import dispatch
 
 
-@shared_task(name="inference.inference_run", acks_late=False, ignore_result=False, max_retries=0)
-def inference_run(payload: dict[str, Any], reply_to: str | None = None) -> dict[str, Any] | None:
-    """One inference request; returns the encoded outputs or an error value (never raises for user errors).
+@shared_task(name="inference.inference_run_many", acks_late=False, ignore_result=True, max_retries=0)
+def inference_run_many(requests: list[dict[str, Any]]) -> None:
+    """The requests one web process sent together (``{"payload", "reply_to"}`` each): run them, batched where
+    the model allows, and push each answer to its caller's Redis list (the caller BLPOPs it: one round trip
+    each side, no pub/sub subscription, nothing to clean up). User errors are answers, never raised."""
+    answers = dispatch.requests_run([request["payload"] for request in requests])
+    deadline_at = max(float(request["payload"]["deadline_at"]) for request in requests)
+    dispatch.replies_push(
+        replies=[(request["reply_to"], answer) for request, answer in zip(requests, answers, strict=True)],
+        deadline_at=deadline_at,
+    )
 
-    With ``reply_to`` the answer is pushed to that Redis list instead of the result backend (the caller waits
-    on it with BLPOP: one round trip each side, no pub/sub subscription, nothing to clean up)."""
-    answer = dispatch.request_run(payload)
-    if reply_to is None:
-        return answer
-    dispatch.reply_push(key=reply_to, answer=answer, deadline_at=float(payload["deadline_at"]))
-    return None
+
+@shared_task(name="inference.inference_run", acks_late=False, ignore_result=False, max_retries=0)
+def inference_run(payload: dict[str, Any]) -> dict[str, Any]:
+    """One inference request whose answer goes through Celery's result backend (when that is not Redis)."""
+    return dispatch.request_run(payload)
 
 
 @shared_task(name="inference.model_warm", acks_late=False, ignore_result=True)

@@ -7,6 +7,9 @@ from marketplace.env import VAR_DIR, env
 INFERENCE_DISPATCH = env.str("INFERENCE_DISPATCH", default="inline")
 INFERENCE_QUEUE = env.str("INFERENCE_QUEUE", default="inference")
 INFERENCE_DEADLINE_S = env.float("INFERENCE_DEADLINE_S", default=10.0)
+# Celery mode: requests that meet in one web process while a message is being sent go in the next message
+# together, up to this many (one publish, one worker receive and one batched run for all of them).
+INFERENCE_SEND_MAX_REQUESTS = env.int("INFERENCE_SEND_MAX_REQUESTS", default=64)
 INFERENCE_MAX_BODY_BYTES = env.int("INFERENCE_MAX_BODY_BYTES", default=16 * 1024**2)
 INFERENCE_MAX_ELEMENTS = env.int("INFERENCE_MAX_ELEMENTS", default=2_000_000)
 INFERENCE_DEFAULT_RATE_PER_SECOND = env.int("INFERENCE_DEFAULT_RATE_PER_SECOND", default=100)

@@ -219,3 +219,52 @@ def test_a_request_still_queued_at_its_deadline_is_unavailable():
     assert len(run.rows) == 2  # C was dropped from the queue, never run
     assert batcher._in_flight == 0
     batcher.close()
+
+
+# --- run_many: the requests of one Celery message, run together in the caller's thread ---------------------
+
+
+def test_run_many_batches_compatible_requests_up_to_max_batch_size_and_keeps_their_order():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle)
+    batcher = Batcher(run=run, name="m1", batchable=True, max_batch_size=5, max_queue_delay_ms=2)
+    rng = np.random.default_rng(3)
+    inputs = [rng.random((1 + i % 2, 4), dtype=np.float32) * 5 for i in range(7)]  # 10 rows in all
+    requests = [({"input": x}, ["label"] if i == 3 else None) for i, x in enumerate(inputs)]
+
+    results = batcher.run_many(requests)
+
+    # Rows per request: 1,2,1,2,1,2,1. Request 3 asks for other outputs, so it runs apart (2 rows); the others
+    # fill runs of at most 5 rows in arrival order: 0+1+2+4 (5 rows), then 5+6 (3 rows).
+    assert run.rows == [5, 3, 2]
+    for i, result in enumerate(results):
+        alone = runtime.session_run(handle, {"input": inputs[i]})
+        assert set(result.outputs) == ({"label"} if i == 3 else {"label", "probabilities"})
+        np.testing.assert_array_equal(result.outputs["label"], alone["label"])
+    assert results[3].batch_rows == 2 and results[0].batch_rows == 5 and results[6].batch_rows == 3
+
+
+def test_run_many_gives_each_request_its_own_error():
+    handle = _session(_gather_model())
+    run = RecordingRun(handle)
+    batcher = Batcher(run=run, name="m2", batchable=True, max_batch_size=64, max_queue_delay_ms=2)
+    requests = [({"idx": np.array([99 if i == 2 else i], dtype=np.int64)}, None) for i in range(4)]
+
+    results = batcher.run_many(requests)
+
+    assert run.rows[0] == 4  # tried together first, then each alone
+    assert isinstance(results[2], runtime.RuntimeFailure) and results[2].kind == "input"
+    for i in (0, 1, 3):
+        np.testing.assert_array_equal(results[i].outputs["y"], [[3 * i, 3 * i + 1, 3 * i + 2]])
+
+
+def test_run_many_on_a_fixed_batch_model_runs_each_request_alone():
+    handle = _session(onnx_identity_bytes("FP32", (1, 4)))
+    run = RecordingRun(handle)
+    batcher = Batcher(run=run, name="m3", batchable=False, max_batch_size=32, max_queue_delay_ms=2)
+
+    results = batcher.run_many([({"x": np.full((1, 4), i, dtype=np.float32)}, None) for i in range(3)])
+
+    assert run.rows == [1, 1, 1]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result.outputs["y"], np.full((1, 4), i, dtype=np.float32))

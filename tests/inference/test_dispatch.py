@@ -296,3 +296,139 @@ def test_celery_publish_warms_every_worker_and_withdraw_evicts_everywhere(
     with django_capture_on_commit_callbacks(execute=True):
         catalog_services.version_withdraw(version=version, actor=staff_user, reason="retired")
     wait_for(lambda: _worker_evictions(metrics_dir) == 2, timeout=20, message="both workers should evict it")
+
+
+# --- group sending (celery mode) ---------------------------------------------------------------------------
+
+
+class _SlowBroker:
+    """A send function whose first message blocks until released, so that other requests pile up behind it."""
+
+    def __init__(self, *, fail_first: bool = False) -> None:
+        self.messages: list[list[str]] = []
+        self.release = threading.Event()
+        self.first_started = threading.Event()
+        self.fail_first = fail_first
+
+    def __call__(self, requests: list[dict]) -> None:
+        first = not self.messages
+        self.messages.append([r["id"] for r in requests])
+        if first:
+            self.first_started.set()
+            assert self.release.wait(10)
+            if self.fail_first:
+                raise ConnectionError("broker down")
+
+
+def _send_in_threads(sender: dispatch.GroupSender, ids: list[str], timeout_s: float = 10) -> dict[str, object]:
+    outcomes: dict[str, object] = {}
+
+    def send(request_id: str) -> None:
+        try:
+            sender.send({"id": request_id}, size=100, timeout_s=timeout_s)
+            outcomes[request_id] = "sent"
+        except Exception as exc:  # collected and asserted by the test
+            outcomes[request_id] = exc
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)  # arrival order = list order
+    return {"threads": threads, "outcomes": outcomes}
+
+
+def test_group_sender_sends_a_lone_request_at_once():
+    broker = _SlowBroker()
+    broker.release.set()
+    sender = dispatch.GroupSender(broker)
+
+    sender.send({"id": "a"}, size=100, timeout_s=1)
+    sender.send({"id": "b"}, size=100, timeout_s=1)
+
+    assert broker.messages == [["a"], ["b"]]
+
+
+def test_group_sender_sends_requests_that_arrive_during_a_send_together_up_to_the_limit():
+    broker = _SlowBroker()
+    sender = dispatch.GroupSender(broker, max_requests=3)
+    first = _send_in_threads(sender, ["a"])
+    assert broker.first_started.wait(5)
+    rest = _send_in_threads(sender, ["b", "c", "d", "e", "f"])
+    time.sleep(0.05)
+    assert broker.messages == [["a"]]  # the others wait for the send in progress
+
+    broker.release.set()
+    for thread in first["threads"] + rest["threads"]:
+        thread.join(10)
+
+    assert broker.messages == [["a"], ["b", "c", "d"], ["e", "f"]]
+    assert all(outcome == "sent" for outcome in {**first["outcomes"], **rest["outcomes"]}.values())
+
+
+def test_group_sender_respects_the_byte_limit_but_always_sends_the_oldest():
+    broker = _SlowBroker()
+    broker.release.set()
+    sender = dispatch.GroupSender(broker, max_bytes=150)
+    sender.send({"id": "big"}, size=10_000, timeout_s=1)  # over the limit alone: still sent
+    assert broker.messages == [["big"]]
+
+
+def test_group_sender_gives_a_failed_send_to_every_request_in_that_message_only():
+    broker = _SlowBroker(fail_first=True)
+    sender = dispatch.GroupSender(broker)
+    first = _send_in_threads(sender, ["a"])
+    assert broker.first_started.wait(5)
+    rest = _send_in_threads(sender, ["b", "c"])
+    broker.release.set()
+    for thread in first["threads"] + rest["threads"]:
+        thread.join(10)
+
+    assert isinstance(first["outcomes"]["a"], ConnectionError)
+    assert rest["outcomes"] == {"b": "sent", "c": "sent"}  # their own message went out after the failure
+    assert broker.messages == [["a"], ["b", "c"]]
+
+
+def test_group_sender_gives_up_on_a_request_still_waiting_at_its_deadline():
+    broker = _SlowBroker()
+    sender = dispatch.GroupSender(broker)
+    first = _send_in_threads(sender, ["a"])
+    assert broker.first_started.wait(5)
+    late = _send_in_threads(sender, ["b"], timeout_s=0.1)
+    late["threads"][0].join(5)
+
+    assert isinstance(late["outcomes"]["b"], ModelUnavailable)
+    broker.release.set()
+    first["threads"][0].join(5)
+    sender.send({"id": "c"}, size=100, timeout_s=1)
+    assert broker.messages == [["a"], ["c"]]  # "b" was never sent
+
+
+def test_celery_concurrent_requests_share_messages(s3, inference_worker_process, monkeypatch):
+    data = onnx_classifier_bytes()
+    ref = _ref(s3, data, batchable=True, max_batch_size=64, max_queue_delay_ms=5)
+    dispatch.infer(model=ref, inputs={"input": np.ones((1, 4), np.float32)}, output_names=None, deadline_s=10)
+    messages: list[int] = []
+    send = dispatch._requests_send
+
+    def slow_send(requests, *, queue):
+        messages.append(len(requests))
+        time.sleep(0.05)  # a slow broker: the other requests arrive while this message is being sent
+        send(requests, queue=queue)
+
+    monkeypatch.setattr(dispatch, "_requests_send", slow_send)
+    xs = [np.full((1, 4), i / 4, dtype=np.float32) for i in range(12)]
+    results: list = [None] * len(xs)
+
+    def call(i: int) -> None:
+        results[i] = dispatch.infer(model=ref, inputs={"input": xs[i]}, output_names=None, deadline_s=10)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sum(messages) == len(xs) and len(messages) < len(xs), messages
+    for x, result in zip(xs, results, strict=True):
+        np.testing.assert_array_equal(result.outputs["label"], _expected(data, {"input": x})["label"])
+    assert max(result.batch_rows for result in results) > 1  # the worker ran a message's requests together

@@ -174,7 +174,7 @@ def test_celery_worker_killed_mid_request_is_503_within_the_deadline_and_not_cha
         thread = threading.Thread(target=call)
         thread.start()
         # Kill the worker once it holds the request (and has had time to load the model and start running it).
-        wait_for(lambda: re.search(r"inference\.inference_run\[.*\] received", inference_worker_process.log()),
+        wait_for(lambda: re.search(r"inference\.inference_run_many\[.*\] received", inference_worker_process.log()),
                  timeout=deadline_s, message="the worker never received the request")  # fmt: skip
         time.sleep(0.5)
         inference_worker_process.kill()
