@@ -450,7 +450,8 @@ def celery_start(procs: Processes, *, env: dict[str, str], log_dir: Path) -> sub
     args = [PY, "-m", "celery", "-A", "marketplace", "worker", "-Q", queues, "-P", "threads",
             "-c", str(CELERY_CONCURRENCY), "-n", hostname, "--without-gossip", "--without-mingle",
             "--without-heartbeat", "-l", "warning"]  # fmt: skip
-    process = procs.start("celery", args, env=env, log_dir=log_dir)
+    # An inference-only worker runs at-most-once tasks: no unacked bookkeeping (docs/operations.md).
+    process = procs.start("celery", args, env={**env, "CELERY_BROKER_ACK_EMULATION": "false"}, log_dir=log_dir)
     deadline = time.monotonic() + 60
     while not app.control.ping(destination=[hostname], timeout=0.5):
         if process.poll() is not None or time.monotonic() > deadline:

@@ -129,6 +129,8 @@ def inference_worker_env(**extra: str) -> dict[str, str]:
             "S3_ACCESS_KEY_ID": settings.S3_ACCESS_KEY_ID,
             "S3_SECRET_ACCESS_KEY": settings.S3_SECRET_ACCESS_KEY,
             "PYTHONUNBUFFERED": "1",
+            # As docs/operations.md runs inference workers: at-most-once tasks only, no unacked bookkeeping.
+            "CELERY_BROKER_ACK_EMULATION": "false",
         }
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
