@@ -12,7 +12,10 @@ dimension) concurrent requests are queued and a dispatcher thread runs them toge
 
 When no other request is in flight the caller runs the model itself, in its own thread: at concurrency 1
 there is no queue, no thread hop and no wait. Non-batchable models always run in the caller's thread,
-concurrently (``InferenceSession.run`` is thread-safe and releases the GIL).
+concurrently (``InferenceSession.run`` is thread-safe and releases the GIL). So do models whose runs are cheaper
+than handing a request to the dispatcher and back (``min_run_ms``, ``INFERENCE_BATCH_MIN_RUN_MS``): the
+fastest run of the last ``_RUN_WINDOW`` runs (batched or not; preemption only ever makes a run look slower) is
+under it, so a batch could save less than the two thread switches it costs. The next window decides again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -35,6 +40,7 @@ logger = logging.getLogger(__name__)
 RunFunction = Callable[[dict[str, np.ndarray], list[str] | None], dict[str, np.ndarray]]
 
 _IDLE_EXIT_S = 60.0  # a dispatcher thread with nothing to do for this long ends; the next request starts one
+_RUN_WINDOW = 64  # runs per window of the fastest-run measure (see the module docstring)
 
 
 @dataclass
@@ -90,6 +96,7 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_ms: float,
         provider: str = "",
+        min_run_ms: float = 0.0,
     ) -> None:
         self._run = run
         self.name = name  # the version id, used as the metric label
@@ -103,6 +110,10 @@ class Batcher:
         self._in_flight = 0  # requests inside submit(): queued, running in a batch, or running alone
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.min_run_ms = max(0.0, float(min_run_ms))
+        self._cheap = False  # the last window's fastest run was under min_run_ms: run every request alone
+        self._window_runs = 0
+        self._window_fastest_ms = float("inf")
 
     def configure(self, *, max_batch_size: int, max_queue_delay_ms: float) -> None:
         """Apply changed per-version settings without reloading the model."""
@@ -125,66 +136,78 @@ class Batcher:
         Raises whatever the run raises (runtime.RuntimeFailure), or ModelUnavailable when ``timeout_s`` passes
         while the request is still queued.
         """
-        shape = _rows_and_key(inputs, output_names) if self.batchable else None
+        if not self.batchable or self._cheap:
+            return self._run_alone(inputs, output_names, enqueued=time.perf_counter())
+        shape = _rows_and_key(inputs, output_names)
         if shape is None:
             return self._run_alone(inputs, output_names, enqueued=time.perf_counter())
-        rows, key = shape
-        cond = self._cond
-        with cond:
-            alone = self._in_flight == 0 or self._closed or rows >= self.max_batch_size
+        pending = _Pending(inputs, output_names, shape[0], shape[1])
+        with self._cond:
+            alone = self._in_flight == 0 or self._closed or pending.rows >= self.max_batch_size
             # A request counts as in flight until its caller has its answer, so callers of a batch that just
             # finished still count: the first of them to come back queues instead of running alone.
             self._in_flight += 1
             if not alone:
-                pending = _Pending(inputs, output_names, rows, key)
-                self._queue.append(pending)
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._dispatch_loop, name=f"batcher-{self.name}", daemon=True
-                    )
-                    self._thread.start()
-                cond.notify()
+                self._enqueue([pending])
         try:
             if alone:
-                return self._run_alone(inputs, output_names, enqueued=time.perf_counter())
-            if not pending.done.wait(timeout_s):
-                with cond:
-                    if not pending.done.is_set():
-                        pending.cancelled = True  # when already taken, its batch runs it and nobody reads it
-                        with contextlib.suppress(ValueError):
-                            self._queue.remove(pending)
-                if not pending.done.is_set():
-                    raise ModelUnavailable("The model did not answer within the deadline.", retry_after=1)
-            if pending.error is not None:
-                raise pending.error
-            assert pending.result is not None
-            return pending.result
+                return self._run_alone(inputs, output_names, enqueued=pending.enqueued)
+            return self._await(pending, timeout_s)
         finally:
-            with cond:
-                self._in_flight -= 1
-                cond.notify()  # a dispatcher waiting for this request to join can stop waiting
+            self._leave(1)
 
     def run_many(
+        self, requests: list[tuple[dict[str, np.ndarray], list[str] | None]], *, timeout_s: float | None = None
+    ) -> list[BatchResult | BaseException]:
+        """Run requests that arrived together (one Celery message); each gets its own result or its own error,
+        in order.
+
+        For a batchable model they join the queue together, as if submitted at once from as many threads, so they
+        batch with each other and with requests of other messages running meanwhile. A model too cheap to batch
+        (or a lone request) runs in this thread; requests that cannot be batched run in parallel threads, as
+        separate messages would.
+        """
+        if len(requests) == 1:  # as any lone caller: alone when nothing else is in flight, else queued
+            inputs, output_names = requests[0]
+            return [self._caught(partial(self.submit, inputs=inputs, output_names=output_names, timeout_s=timeout_s))]
+        if self.batchable and self._cheap:
+            return self._run_chunks(requests)
+        if not self.batchable:
+            return _parallel([partial(self._run_now, request) for request in requests])
+        answers: list[BatchResult | BaseException | None] = [None] * len(requests)
+        queued: list[tuple[int, _Pending]] = []
+        alone: list[int] = []
+        for index, (inputs, output_names) in enumerate(requests):
+            shape = _rows_and_key(inputs, output_names)
+            if shape is None or shape[0] >= self.max_batch_size:
+                alone.append(index)
+            else:
+                queued.append((index, _Pending(inputs, output_names, shape[0], shape[1])))
+        with self._cond:
+            self._in_flight += len(queued)
+            self._enqueue([pending for _index, pending in queued])
+        try:
+            for index in alone:
+                answers[index] = self._caught(partial(self._run_now, requests[index]))
+            for index, pending in queued:
+                answers[index] = self._caught(partial(self._await, pending, timeout_s))
+        finally:
+            self._leave(len(queued))
+        return [answer if answer is not None else RuntimeError("no answer") for answer in answers]
+
+    def _run_chunks(
         self, requests: list[tuple[dict[str, np.ndarray], list[str] | None]]
     ) -> list[BatchResult | BaseException]:
-        """Run requests that arrived together (one Celery message) in this thread: compatible ones as batches of
-        up to ``max_batch_size`` rows, the rest alone. Each gets its own result or its own error, in order.
-
-        Nothing is queued and no thread is woken: the requests are already together, so no wait can add to a
-        batch what the message did not bring. Requests submitted meanwhile by other threads run on their own."""
+        """Batch compatible requests in this thread (up to ``max_batch_size`` rows, in arrival order): for a model
+        too cheap to hand requests to the dispatcher, a batch formed without a hand-off still saves runs."""
         answers: list[BatchResult | BaseException | None] = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, _Pending]]] = {}
-        enqueued = time.perf_counter()
         for index, (inputs, output_names) in enumerate(requests):
-            shape = _rows_and_key(inputs, output_names) if self.batchable else None
+            shape = _rows_and_key(inputs, output_names)
             if shape is None:
-                try:
-                    answers[index] = self._run_alone(inputs, output_names, enqueued=enqueued)
-                except Exception as exc:
-                    answers[index] = exc
-                continue
-            pending = _Pending(inputs, output_names, shape[0], shape[1])
-            groups.setdefault(shape[1], []).append((index, pending))
+                answers[index] = self._caught(partial(self._run_now, requests[index]))
+            else:
+                groups.setdefault(shape[1], []).append((index, _Pending(inputs, output_names, shape[0], shape[1])))
         for members in groups.values():
             chunk: list[tuple[int, _Pending]] = []
             rows = 0
@@ -205,12 +228,52 @@ class Batcher:
                     chunk, rows = [member], member[1].rows
         return [answer if answer is not None else RuntimeError("no answer") for answer in answers]
 
+    def _run_now(self, request: tuple[dict[str, np.ndarray], list[str] | None]) -> BatchResult:
+        return self._run_alone(request[0], request[1], enqueued=time.perf_counter())
+
+    @staticmethod
+    def _caught(run: Callable[[], BatchResult]) -> BatchResult | BaseException:
+        try:
+            return run()
+        except Exception as exc:
+            return exc
+
+    def _enqueue(self, pendings: list[_Pending]) -> None:
+        """Queue requests for the dispatcher (called with the lock held), starting it when needed."""
+        if not pendings:
+            return
+        self._queue.extend(pendings)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._dispatch_loop, name=f"batcher-{self.name}", daemon=True)
+            self._thread.start()
+        self._cond.notify()
+
+    def _await(self, pending: _Pending, timeout_s: float | None) -> BatchResult:
+        if not pending.done.wait(timeout_s):
+            with self._cond:
+                if not pending.done.is_set():
+                    pending.cancelled = True  # when already taken, its batch runs it and nobody reads it
+                    with contextlib.suppress(ValueError):
+                        self._queue.remove(pending)
+            if not pending.done.is_set():
+                raise ModelUnavailable("The model did not answer within the deadline.", retry_after=1)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def _leave(self, count: int) -> None:
+        with self._cond:
+            self._in_flight -= count
+            self._cond.notify()  # a dispatcher waiting for these requests to join can stop waiting
+
     def _run_alone(
         self, inputs: dict[str, np.ndarray], output_names: list[str] | None, *, enqueued: float
     ) -> BatchResult:
         started = time.perf_counter()
         outputs = self._run(inputs, output_names)
         finished = time.perf_counter()
+        self._run_measured((finished - started) * 1000.0)
         rows = _first_dim(inputs)
         self._rows_metric.observe(rows)
         self._provider_metric.inc(rows)
@@ -220,6 +283,19 @@ class Batcher:
             compute_ms=(finished - started) * 1000.0,
             batch_rows=rows,
         )
+
+    def _run_measured(self, run_ms: float) -> None:
+        """Keep the fastest run of the current window; at its end, decide whether batching can pay. Unlocked:
+        a lost update among racing threads only blurs one sample of a window."""
+        if not self.min_run_ms:
+            return
+        if run_ms < self._window_fastest_ms:
+            self._window_fastest_ms = run_ms
+        self._window_runs += 1
+        if self._window_runs >= _RUN_WINDOW:
+            self._cheap = self._window_fastest_ms < self.min_run_ms
+            self._window_runs = 0
+            self._window_fastest_ms = float("inf")
 
     # --- the dispatcher thread ---------------------------------------------------------------------
 
@@ -301,6 +377,7 @@ class Batcher:
             return
         finished = time.perf_counter()
         compute_ms = (finished - started) * 1000.0
+        self._run_measured(compute_ms)
         self._rows_metric.observe(total)
         self._provider_metric.inc(total)
         offset = 0
@@ -323,6 +400,21 @@ class Batcher:
 
 class _NotRowWise(Exception):
     """The batched outputs do not have one row per input row, so they cannot be split back."""
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _parallel(runs: list[Callable[[], BatchResult]]) -> list[BatchResult | BaseException]:
+    """Run each in its own thread (the first in this one) and collect results or errors, in order."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="run-many")
+    futures = [_pool.submit(Batcher._caught, run) for run in runs[1:]]
+    return [Batcher._caught(runs[0]), *(future.result() for future in futures)]
 
 
 def _first_dim(inputs: dict[str, np.ndarray]) -> int:

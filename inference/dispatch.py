@@ -174,7 +174,8 @@ def request_run(payload: dict[str, Any]) -> dict[str, Any]:
 
 def requests_run(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The worker's side of celery mode: run the requests of one message here and encode each answer (errors as
-    values, one per request). Requests for one version run through its batcher together (``run_many``)."""
+    values, one per request). Requests for one version go to its batcher together (``run_many``), where they
+    batch with each other and with those of other messages running meanwhile."""
     answers: list[dict[str, Any] | None] = [None] * len(payloads)
     by_model: dict[tuple[Any, ...], list[int]] = {}
     now = time.time()
@@ -196,7 +197,8 @@ def requests_run(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ({name: tensor_decode(value) for name, value in payloads[i]["inputs"].items()}, payloads[i].get("outputs"))
             for i in indexes
         ]
-        for index, result in zip(indexes, hosted.batcher.run_many(requests), strict=True):
+        timeout_s = max(0.001, max(float(payloads[i]["deadline_at"]) for i in indexes) - time.time())
+        for index, result in zip(indexes, hosted.batcher.run_many(requests, timeout_s=timeout_s), strict=True):
             if isinstance(result, runtime.RuntimeFailure):
                 answers[index] = _error_answer(_runtime_error(result))
             elif isinstance(result, BaseException):

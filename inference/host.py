@@ -172,6 +172,7 @@ class ModelHost:
             max_batch_size=model.max_batch_size,
             max_queue_delay_ms=model.max_queue_delay_ms,
             provider=handle.provider,
+            min_run_ms=settings.INFERENCE_BATCH_MIN_RUN_MS,
         )
         now = time.monotonic()
         hosted = HostedModel(

@@ -234,9 +234,9 @@ def test_run_many_batches_compatible_requests_up_to_max_batch_size_and_keeps_the
 
     results = batcher.run_many(requests)
 
-    # Rows per request: 1,2,1,2,1,2,1. Request 3 asks for other outputs, so it runs apart (2 rows); the others
-    # fill runs of at most 5 rows in arrival order: 0+1+2+4 (5 rows), then 5+6 (3 rows).
-    assert run.rows == [5, 3, 2]
+    # Rows per request: 1,2,1,2,1,2,1. They queue together; the dispatcher takes the oldest and what fits with it,
+    # up to 5 rows: 0+1+2+4 (5 rows; 3 asks for other outputs). Then the oldest left, 3, alone (2 rows); then 5+6.
+    assert run.rows == [5, 2, 3]
     for i, result in enumerate(results):
         alone = runtime.session_run(handle, {"input": inputs[i]})
         assert set(result.outputs) == ({"label"} if i == 3 else {"label", "probabilities"})
@@ -268,3 +268,68 @@ def test_run_many_on_a_fixed_batch_model_runs_each_request_alone():
     assert run.rows == [1, 1, 1]
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result.outputs["y"], np.full((1, 4), i, dtype=np.float32))
+
+
+# --- models too cheap to batch ---------------------------------------------------------------------------
+
+
+def _warm(batcher: Batcher, runs: int) -> None:
+    for _ in range(runs):
+        batcher.submit(inputs={"input": np.ones((1, 4), dtype=np.float32)}, output_names=None, timeout_s=10)
+
+
+def test_a_model_whose_runs_are_cheaper_than_the_hand_off_is_not_batched():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle)
+    # Every run of this classifier is far under 50 ms: once a window of runs says so, requests run alone.
+    batcher = Batcher(run=run, name="c1", batchable=True, max_batch_size=64, max_queue_delay_ms=20, min_run_ms=50)
+    _warm(batcher, 64)
+    run.rows.clear()
+    run.first_delay_s = 0.05  # what made requests pile up into batches in the tests above
+
+    results = _concurrently(12, lambda i: batcher.submit(inputs={"input": np.ones((1, 4), np.float32)},
+                                                          output_names=None, timeout_s=10))  # fmt: skip
+
+    assert run.rows == [1] * 12 and all(r.batch_rows == 1 and r.queue_ms < 5 for r in results)
+    batcher.close()
+
+
+def test_a_model_whose_runs_cost_more_than_the_threshold_is_batched():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle)
+    batcher = Batcher(run=run, name="c2", batchable=True, max_batch_size=64, max_queue_delay_ms=20, min_run_ms=1e-6)
+    _warm(batcher, 64)
+    run.rows.clear()
+    run.first_delay_s = 0.05
+
+    _concurrently(12, lambda i: batcher.submit(inputs={"input": np.ones((1, 4), np.float32)},
+                                               output_names=None, timeout_s=10))  # fmt: skip
+
+    assert max(run.rows) > 1 and sum(run.rows) == 12
+    batcher.close()
+
+
+def test_run_many_from_two_messages_at_once_share_batches():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle, first_delay_s=0.05)
+    batcher = Batcher(run=run, name="m4", batchable=True, max_batch_size=64, max_queue_delay_ms=20)
+    x = np.ones((1, 4), dtype=np.float32)
+
+    results = _concurrently(3, lambda i: batcher.run_many([({"input": x}, None)] * 4, timeout_s=10))
+
+    assert sum(run.rows) == 12 and max(run.rows) > 4, run.rows  # a batch took requests of several messages
+    assert all(not isinstance(r, Exception) for answers in results for r in answers)
+    batcher.close()
+
+
+def test_run_many_on_a_cheap_model_batches_in_the_calling_thread():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle)
+    batcher = Batcher(run=run, name="m5", batchable=True, max_batch_size=64, max_queue_delay_ms=20, min_run_ms=50)
+    _warm(batcher, 64)
+    run.rows.clear()
+
+    results = batcher.run_many([({"input": np.ones((1, 4), np.float32)}, None)] * 6)
+
+    assert run.rows == [6] and batcher._thread is None  # one run, and no dispatcher thread was started
+    assert [r.batch_rows for r in results] == [6] * 6
