@@ -4,8 +4,10 @@ Idempotency-Key replays, and the usage buffer.
 Two backends behind one interface, chosen by ``settings.INFERENCE_REDIS_URL``:
 
 - ``RedisMetering``: one Lua script per call decides idempotency, rate and quota atomically and reserves
-  (one round trip before inference); one MULTI pipeline after it pushes the usage record to a buffer list
-  and stores the idempotent response (one round trip). ``inference.services.usage_flush`` moves the buffer
+  (one round trip before inference). After it, the usage record goes to this process's usage spool
+  (inference/usage_spool.py: one line on local disk before the response, pushed to the Redis buffer list in
+  batches by a thread), so the call waits for no second round trip; an idempotent call's record and stored
+  response go together in one MULTI pipeline instead. ``inference.services.usage_flush`` moves the buffer
   to PostgreSQL in batches, at least once (a processing list survives a crash), deduplicated by request id.
   Any Redis failure raises ``MeteringUnavailable`` (503): metered calls fail closed, never 500.
 - ``LocalMetering`` (empty URL, the embedded default): counters in process memory under a lock, usage
@@ -23,10 +25,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
+from inference.usage_spool import UsageSpool, usage_spool_get
 from marketplace.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -343,8 +347,14 @@ class RedisMetering:
         self._call(self.client.set, admission.quota_key, used, nx=True, ex=ttl)
 
     def succeed(self, admission: Admission, usage: UsageEntry, stored: StoredResponse | None) -> None:
-        """Record the usage and, for an idempotent call, store its response: one atomic round trip."""
+        """Record the usage: through the spool (durable on this machine when this returns, in Redis a moment
+        later); for an idempotent call, with its stored response in one atomic round trip."""
         if admission.idempotency is None or stored is None:
+            try:
+                self.spool().append(entry_encode(usage))
+                return
+            except OSError:  # no spool (disk full, permissions): the round trip it saves
+                logger.exception("Usage spool unavailable; recording usage %s directly", usage.request_id)
             self._execute("RPUSH", USAGE_BUFFER, entry_encode(usage))  # one command: no MULTI needed
             return
         pipe = self.client.pipeline(transaction=True)
@@ -362,6 +372,14 @@ class RedisMetering:
         )
         pipe.expire(key, settings.INFERENCE_IDEMPOTENCY_TTL_S)
         self._call(pipe.execute)
+
+    def spool(self) -> UsageSpool:
+        return usage_spool_get(
+            directory=Path(settings.USAGE_SPOOL_DIR), store=self.url, push=self._usage_push, write=_usage_write
+        )
+
+    def _usage_push(self, lines: list[bytes]) -> None:
+        self._call(self.client.rpush, USAGE_BUFFER, *lines)
 
     def fail(self, admission: Admission | None, error: ErrorEntry, *, refund: bool) -> None:
         """Give back what ``admit`` reserved (quota units, the idempotency key) and count the error."""
@@ -409,6 +427,13 @@ class RedisMetering:
 
     def claim(self, buffer: str, processing: str, batch: int) -> list[bytes]:
         return self._call(self._claim, keys=[buffer, processing], args=[batch])
+
+
+def _usage_write(lines: list[bytes]) -> None:
+    """Straight to the ledger (Redis unreachable after the calls were admitted); duplicates are ignored there."""
+    from inference.services import usage_records_write
+
+    usage_records_write(entries=[UsageEntry(**json.loads(line)) for line in lines])
 
 
 # --- in process ----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from inference.metering import (
     metering_backend,
 )
 from inference.models import InferenceError, UsageRecord
+from inference.usage_spool import usage_spools_drain
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,10 @@ def usage_flush(*, wait_s: float = 5.0) -> FlushResult:
     metering = metering_backend()
     if not isinstance(metering, RedisMetering):
         return FlushResult()
+    # This process's spooled records first (pushed within milliseconds anyway), then what processes that died on
+    # this machine left in theirs.
+    usage_spools_drain(timeout_s=wait_s)
+    metering.spool().recover()
     token = metering.lock_acquire(wait_s=wait_s)
     if token is None:
         return FlushResult(skipped=True)

@@ -24,6 +24,9 @@ INFERENCE_INTRA_OP_THREADS = env.int("INFERENCE_INTRA_OP_THREADS", default=1) or
 # Redis for rate limits, quotas, idempotency and the usage buffer. Empty: a local backend that needs no
 # server (the embedded default; counters in process memory and usage written straight to the database).
 INFERENCE_REDIS_URL = env.str("INFERENCE_REDIS_URL", default="")
+# Usage records of successful calls are written here (one line, before the response) and pushed to Redis in
+# batches by a thread; segments of a process that died are pushed by the next one (inference/usage_spool.py).
+USAGE_SPOOL_DIR = env.path("USAGE_SPOOL_DIR", default=str(VAR_DIR / "usage-spool"))
 INFERENCE_IDEMPOTENCY_TTL_S = env.int("INFERENCE_IDEMPOTENCY_TTL_S", default=24 * 3600)
 
 # Model hosting: artifacts on local disk keyed by sha256, sessions in memory, both least-recently-used.

@@ -1,6 +1,7 @@
 """Test settings: PostgreSQL and Redis on loopback, SeaweedFS started by the test session."""
 
 import os
+import tempfile
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/marketplace")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -13,6 +14,8 @@ from marketplace.settings import *  # noqa: E402,F403
 DATABASES = {"default": env.db("DATABASE_URL")}
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")
 CELERY_BROKER_TRANSPORT_OPTIONS = {}
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT = "marketplace.integrations.broker:Transport"
 
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -22,6 +25,8 @@ VALIDATION_TIMEOUT_S = 60
 # Serve static files from the source tree (live-server browser tests) without a collectstatic step.
 WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True
+# Usage spool segments of this test session (never var/usage-spool).
+USAGE_SPOOL_DIR = os.environ.get("USAGE_SPOOL_DIR") or tempfile.mkdtemp(prefix="usage-spool-")
 INFERENCE_REDIS_URL = os.environ.get("INFERENCE_REDIS_URL", os.environ["CELERY_BROKER_URL"])
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", os.environ["CELERY_BROKER_URL"])
 # Tests choose their billing backend themselves (the fake_stripe fixture switches to "stripe").

@@ -196,6 +196,7 @@ def test_usage_buffer_flushes_once_even_after_a_crash_mid_flush(settings, buyer)
         backend.succeed(admission, entry, None)
     # The same record pushed twice (a retried push) is stored once.
     backend.succeed(admission, entries[0], None)
+    assert backend.spool().drain(5)  # spooled, then pushed to the Redis buffer by the spool's thread
     assert UsageRecord.objects.count() == 0  # buffered, not written on the hot path
     # A flusher claims a batch and dies before writing it: the batch waits in the processing list.
     claimed = backend.claim(metering.USAGE_BUFFER, metering.USAGE_PROCESSING, 2)
