@@ -28,7 +28,13 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from inference import protocol
+from accounts.selectors import api_key_authenticate, api_key_touch
+from billing.models import PlanKind
+from billing.pricing import plan_hard_quota_units, usage_cost
+from billing.selectors import subscription_entitled_get
+from billing.spend_caps import spend_add, spend_check
+from inference import metrics, protocol
+from inference.dispatch import infer
 from inference.metering import (
     Admission,
     Decision,
@@ -217,7 +223,6 @@ def _raw_key(request: HttpRequest) -> str | None:
 
 
 def _authenticate(request: HttpRequest, *, required: bool) -> Any:
-    from accounts.selectors import api_key_authenticate
 
     raw = _raw_key(request)
     if raw is None:
@@ -278,7 +283,6 @@ def _infer_caller(request: HttpRequest) -> Any:
 
 
 def _observe(call: _Call | None, slug: str, status: int, started: float) -> None:
-    from inference import metrics
 
     known = call if call is not None and call.listing_id is not None else None
     metrics.request_observe(
@@ -326,8 +330,6 @@ def _metadata_target(
     listing = _listing_or_404(listing_slug)
     pinned = None
     if api_key is not None and version is None:
-        from billing.selectors import subscription_entitled_get
-
         subscription = subscription_entitled_get(organization_id=api_key.organization_id, listing_id=listing.id)
         pinned = subscription.pinned_version_id if subscription is not None else None
     return listing, _version_resolve(listing, version, pinned)
@@ -498,7 +500,6 @@ def model_infer(request: HttpRequest, listing: str, version: str | None = None) 
     except ApplicationError as exc:
         response = _error_response(exc, request_id)
     _observe(call, listing, response.status_code, started)
-    from accounts.selectors import api_key_touch
 
     if api_key.pk is not None:
         api_key_touch(api_key_id=api_key.pk)
@@ -506,8 +507,6 @@ def model_infer(request: HttpRequest, listing: str, version: str | None = None) 
 
 
 def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: str | None) -> HttpResponse:
-    from billing.selectors import subscription_entitled_get
-    from inference.dispatch import infer
 
     try:
         served_listing = _listing_or_404(slug)
@@ -550,10 +549,6 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
     except ApplicationError as exc:
         _error_record(call, exc)
         raise
-
-    from billing.models import PlanKind
-    from billing.pricing import plan_hard_quota_units, usage_cost
-    from billing.spend_caps import spend_add, spend_check
 
     plan = subscription.plan
     admission = Admission(
