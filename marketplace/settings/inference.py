@@ -9,7 +9,7 @@ INFERENCE_QUEUE = env.str("INFERENCE_QUEUE", default="inference")
 INFERENCE_DEADLINE_S = env.float("INFERENCE_DEADLINE_S", default=10.0)
 # Micro-batching is skipped for a model whose runs take less than this: handing a request to the batcher's
 # thread and back costs two thread switches, more than a batch could save (inference/batching.py).
-INFERENCE_BATCH_MIN_RUN_MS = env.float("INFERENCE_BATCH_MIN_RUN_MS", default=0.1)
+INFERENCE_BATCH_MIN_RUN_MS = env.float("INFERENCE_BATCH_MIN_RUN_MS", default=0.05)
 # Celery mode: requests that meet in one web process while a message is being sent go in the next message
 # together, up to this many (one publish, one worker receive and one batched run for all of them).
 INFERENCE_SEND_MAX_REQUESTS = env.int("INFERENCE_SEND_MAX_REQUESTS", default=64)
