@@ -98,6 +98,7 @@ class UsageSpool:
         if self._segment is not None:
             self._segment.rolled = True
             self._segment_release_if_done(self._segment)
+            self._segment = None
         self.directory.mkdir(parents=True, exist_ok=True)
         self._sequence += 1
         path = self.directory / f"{self._prefix}-{self._sequence:06d}.spool"
@@ -109,8 +110,9 @@ class UsageSpool:
         return segment
 
     def _segment_release_if_done(self, segment: _Segment) -> None:
-        if segment.rolled and segment.pushed >= segment.written:
+        if segment.rolled and segment.pushed >= segment.written and segment.fd >= 0:
             os.close(segment.fd)
+            segment.fd = -1
             segment.path.unlink(missing_ok=True)
             self._segments.remove(segment)
 
@@ -189,6 +191,7 @@ class UsageSpool:
             if not drained:
                 for segment in self._segments:
                     os.close(segment.fd)  # the flock goes with it: recover() takes the lines later
+                    segment.fd = -1
                 self._segments.clear()
             self._segment = None
 
@@ -241,6 +244,22 @@ def usage_spools_drain(timeout_s: float = 5.0) -> bool:
     """Wait until every spool of this process has pushed what it holds."""
     pid = os.getpid()
     return all(spool.drain(timeout_s) for (owner, *_where), spool in list(_spools.items()) if owner == pid)
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: close the parent's segment files without touching them. The child writes its own; the
+    parent's flocks must not outlive the parent through these inherited descriptors."""
+    pid = os.getpid()
+    for key, spool in list(_spools.items()):
+        if key[0] != pid:
+            for segment in spool._segments:
+                if segment.fd >= 0:
+                    os.close(segment.fd)
+                    segment.fd = -1
+            del _spools[key]
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @atexit.register

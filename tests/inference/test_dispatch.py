@@ -141,6 +141,21 @@ def test_inline_concurrent_requests_are_batched(s3, settings):
 # --- celery ------------------------------------------------------------------------------------------------
 
 
+def _infer_concurrently(ref: ModelRef, xs: list[np.ndarray]) -> list:
+    """dispatch.infer from one thread per input, all at once; the results in input order."""
+    results: list = [None] * len(xs)
+
+    def call(i: int) -> None:
+        results[i] = dispatch.infer(model=ref, inputs={"input": xs[i]}, output_names=None, deadline_s=10)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
 def test_celery_infer_runs_on_a_worker_with_the_same_results(s3, inference_worker_process):
     data = onnx_classifier_bytes()
     ref = _ref(s3, data, batchable=True)
@@ -177,16 +192,7 @@ def test_celery_concurrent_requests_each_get_their_own_rows(s3, inference_worker
     ref = _ref(s3, data, batchable=True, max_batch_size=64, max_queue_delay_ms=5)
     dispatch.infer(model=ref, inputs={"input": np.ones((1, 4), np.float32)}, output_names=None, deadline_s=10)
     xs = [np.full((1 + i % 2, 4), i / 4, dtype=np.float32) for i in range(16)]
-    results: list = [None] * len(xs)
-
-    def call(i: int) -> None:
-        results[i] = dispatch.infer(model=ref, inputs={"input": xs[i]}, output_names=None, deadline_s=10)
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    results = _infer_concurrently(ref, xs)
 
     for x, result in zip(xs, results, strict=True):
         np.testing.assert_array_equal(result.outputs["label"], _expected(data, {"input": x})["label"])
@@ -417,16 +423,7 @@ def test_celery_concurrent_requests_share_messages(s3, inference_worker_process,
 
     monkeypatch.setattr(dispatch, "_requests_send", slow_send)
     xs = [np.full((1, 4), i / 4, dtype=np.float32) for i in range(12)]
-    results: list = [None] * len(xs)
-
-    def call(i: int) -> None:
-        results[i] = dispatch.infer(model=ref, inputs={"input": xs[i]}, output_names=None, deadline_s=10)
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    results = _infer_concurrently(ref, xs)
 
     assert sum(messages) == len(xs) and len(messages) < len(xs), messages
     for x, result in zip(xs, results, strict=True):

@@ -144,3 +144,44 @@ def test_a_torn_last_line_is_dropped_on_recovery(tmp_path):
 
     assert UsageSpool(directory=tmp_path, push=store, write=Store()).recover() == 2
     assert store.lines == [b'{"n": 1}', b'{"n": 2}']
+
+
+_FORKING_WRITER = textwrap.dedent(
+    """
+    import os, sys, threading, time
+    sys.path.insert(0, {root!r})
+    from inference import usage_spool
+    blocked = threading.Event()
+    spool = usage_spool.usage_spool_get(directory={directory!r}, store="test", push=lambda lines: blocked.wait(),
+                                        write=lambda lines: None)
+    spool.append(b"parent")
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)  # a forked child lives on; it must not keep the parent's segment locked
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_forked_child_does_not_keep_a_dead_parents_segment_locked(tmp_path):
+    store = Store()
+    code = _FORKING_WRITER.format(root=str(ROOT), directory=str(tmp_path))
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env={**os.environ})
+    child_pid = 0
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        # The child is still alive, and once it has run (the fork hook closes its copy of the descriptor) the
+        # segment is free for recovery.
+        recovering = UsageSpool(directory=tmp_path, push=store, write=Store())
+        wait_for(lambda: recovering.recover() == 1, timeout=10, message="the dead parent's segment stayed locked")
+        assert store.lines == [b"parent"]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child_pid:
+            os.kill(child_pid, signal.SIGKILL)
