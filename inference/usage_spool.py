@@ -4,14 +4,17 @@ Waiting for Redis to acknowledge each usage record was the second Redis round tr
 a threaded server the costliest part of it: each blocking call hands the GIL to another thread and waits to get it
 back (measured by bench/inference.py: (c) at concurrency 32 went from about 1,000 to 1,600 req/s without it). So:
 
-- ``append`` (the hot path, before the response is sent) writes the encoded record as one line to this process's
-  spool segment with a single ``write()`` on an ``O_APPEND`` file, and queues it. Once ``write()`` returns, the
-  kernel has it: the process may die (``kill -9``) and the line is still there.
+- ``append`` (the hot path, before the response is sent) copies the encoded record as one line into this process's
+  spool segment, a file mapped into memory (``mmap``, shared), and queues it. The mapped pages belong to the
+  kernel's page cache: the process may die (``kill -9``) right after and the line is still in the file. No system
+  call, so the thread keeps the GIL (a ``write()`` would hand it to another thread and wait to get it back). Each
+  segment's blocks are allocated when it is created (``posix_fallocate``), so a full disk is an ``OSError`` there
+  (the caller then records the usage synchronously), never a SIGBUS on a later write.
 - A pusher thread sends what is queued to the Redis usage buffer in one ``RPUSH`` every ``PUSH_DELAY_S`` at most
   (inference.services.usage_flush then moves the buffer to PostgreSQL): one round trip for many calls, and no
   thread woken per call. Redis unreachable: the batch is written to the ledger
   directly; both down: kept and retried, nothing is dropped.
-- Segments roll after ``SEGMENT_MAX_LINES`` lines; a rolled segment whose lines are all pushed is deleted. Each
+- Segments roll at ``SEGMENT_BYTES``; a rolled segment whose lines are all pushed is deleted. Each
   segment is ``flock``-ed by the process writing it, so one that nobody holds belongs to a process that died:
   ``recover`` pushes its lines again and deletes it. At least once: the ledger drops duplicates by request id.
 - ``drain`` (at exit, and before ``usage_flush`` reads the buffer) waits until everything queued is pushed.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import logging
+import mmap
 import os
 import socket
 import threading
@@ -34,7 +38,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-SEGMENT_MAX_LINES = 50_000
+SEGMENT_BYTES = 4 * 1024**2  # about 15,000 usage records
 PUSH_MAX_LINES = 1_000
 # Records are durable once on disk, so the pusher need not wake for each: it gathers for this long after the first
 # one, then sends them in one RPUSH (sooner when PUSH_MAX_LINES are waiting, or when drain() asks).
@@ -49,9 +53,17 @@ Write = Callable[[list[bytes]], None]  # writes lines to the ledger directly
 class _Segment:
     path: Path
     fd: int
+    map: mmap.mmap
+    offset: int = 0
     written: int = 0
     pushed: int = 0
     rolled: bool = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.map.close()
+            os.close(self.fd)
+            self.fd = -1
 
 
 class UsageSpool:
@@ -77,13 +89,15 @@ class UsageSpool:
     def append(self, line: bytes) -> None:
         """Make one encoded usage record durable on this machine and queue it for Redis."""
         data = line + b"\n"
+        if len(data) > SEGMENT_BYTES:
+            raise OSError(f"A usage record of {len(data)} bytes does not fit a spool segment")
         with self._cond:
             segment = self._segment
-            if segment is None or segment.written >= SEGMENT_MAX_LINES:
+            if segment is None or segment.offset + len(data) > SEGMENT_BYTES:
                 segment = self._roll()
-            written = os.write(segment.fd, data)
-            if written != len(data):  # a short write on a full disk: the rest, or an OSError the caller sees
-                os.write(segment.fd, data[written:])
+            end = segment.offset + len(data)
+            segment.map[segment.offset : end] = data
+            segment.offset = end
             segment.written += 1
             self._queue.append((segment, line))
             if self._thread is None:
@@ -102,17 +116,23 @@ class UsageSpool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._sequence += 1
         path = self.directory / f"{self._prefix}-{self._sequence:06d}.spool"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        segment = _Segment(path=path, fd=fd)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.posix_fallocate(fd, 0, SEGMENT_BYTES)  # the blocks now, or OSError: never a SIGBUS when writing
+            mapped = mmap.mmap(fd, SEGMENT_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        segment = _Segment(path=path, fd=fd, map=mapped)
         self._segment = segment
         self._segments.append(segment)
         return segment
 
     def _segment_release_if_done(self, segment: _Segment) -> None:
         if segment.rolled and segment.pushed >= segment.written and segment.fd >= 0:
-            os.close(segment.fd)
-            segment.fd = -1
+            segment.close()
             segment.path.unlink(missing_ok=True)
             self._segments.remove(segment)
 
@@ -190,8 +210,7 @@ class UsageSpool:
                     self._segment_release_if_done(segment)
             if not drained:
                 for segment in self._segments:
-                    os.close(segment.fd)  # the flock goes with it: recover() takes the lines later
-                    segment.fd = -1
+                    segment.close()  # the flock goes with it: recover() takes the lines later
                 self._segments.clear()
             self._segment = None
 
@@ -211,7 +230,9 @@ class UsageSpool:
                 except BlockingIOError:
                     continue  # its process is alive (this one included)
                 with os.fdopen(os.dup(fd), "rb") as stream:
-                    lines = [line.rstrip(b"\n") for line in stream if line.endswith(b"\n")]  # a torn last line: dropped
+                    # Complete lines only: what follows the last newline is the unwritten (zero) rest of the
+                    # segment, or a record torn by the death of its writer, whose call never got its response.
+                    lines = [line for line in stream.read().split(b"\n")[:-1] if line]
                 for start in range(0, len(lines), PUSH_MAX_LINES):
                     if not self._deliver(lines[start : start + PUSH_MAX_LINES]):
                         return recovered  # try again at the next recover
@@ -253,9 +274,7 @@ def _forget_after_fork() -> None:
     for key, spool in list(_spools.items()):
         if key[0] != pid:
             for segment in spool._segments:
-                if segment.fd >= 0:
-                    os.close(segment.fd)
-                    segment.fd = -1
+                segment.close()
             del _spools[key]
 
 
