@@ -366,7 +366,7 @@ class GroupSender:
         error: BaseException | None = None
         try:
             self._send([member.request for member in group])
-        except Exception as exc:
+        except BaseException as exc:  # even an interrupt: the followers and the next leader must not wait forever
             error = exc
         for member in group[1:]:
             member.error = error
