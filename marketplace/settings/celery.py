@@ -16,6 +16,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
         "control_folder": str(_broker_dir / "control"),
     }
+    # kombu's filesystem transport with atomic message files (see the module).
+    CELERY_BROKER_TRANSPORT = "marketplace.integrations.broker:FilesystemTransport"
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # kombu's Redis transport with one client per channel (it builds one per command: see the module).
     CELERY_BROKER_TRANSPORT = "marketplace.integrations.broker:Transport"

@@ -14,8 +14,10 @@ from marketplace.settings import *  # noqa: E402,F403
 DATABASES = {"default": env.db("DATABASE_URL")}
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")
 CELERY_BROKER_TRANSPORT_OPTIONS = {}
-if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    CELERY_BROKER_TRANSPORT = "marketplace.integrations.broker:Transport"
+# Chosen again for the URL read above (the package chose for the one it saw, maybe the filesystem default).
+CELERY_BROKER_TRANSPORT = (
+    "marketplace.integrations.broker:Transport" if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else None
+)
 
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

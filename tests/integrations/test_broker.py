@@ -7,6 +7,7 @@ import uuid
 
 import redis
 from kombu import Connection, Exchange, Queue
+from kombu.transport import filesystem as kombu_filesystem
 
 from marketplace.celery import app
 from marketplace.integrations import broker
@@ -46,3 +47,56 @@ def test_the_client_follows_a_new_pool_after_kombu_drops_the_old_one():
         with channel.conn_or_acquire() as after:
             assert after is not before and after.connection_pool is channel.pool
             assert after.ping()
+
+
+# --- filesystem (the embedded default) -----------------------------------------------------------------------
+
+
+def _filesystem_connection(folder, transport) -> Connection:
+    for sub in ("out", "processed", "control"):
+        (folder / sub).mkdir(exist_ok=True)
+    options = {
+        "data_folder_in": str(folder / "out"),
+        "data_folder_out": str(folder / "out"),
+        "data_folder_processed": str(folder / "processed"),
+        "store_processed": False,
+        "control_folder": str(folder / "control"),
+    }
+    return Connection("filesystem://", transport=transport, transport_options=options)
+
+
+def _consumer_visible(folder, queue: str) -> list:
+    """The files kombu's consumer would take for ``queue`` (its own name test)."""
+    return [p for p in (folder / "out").iterdir() if p.name.partition(".")[2] == f"{queue}.msg"]
+
+
+def test_a_filesystem_message_is_never_visible_to_the_consumer_before_it_is_complete(tmp_path, monkeypatch):
+    seen_while_writing: list = []
+    original = broker.dumps
+
+    def dumps_and_look(payload):
+        seen_while_writing.extend(_consumer_visible(tmp_path, "q"))  # the consumer polling at this very moment
+        return original(payload)
+
+    monkeypatch.setattr(broker, "dumps", dumps_and_look)
+    monkeypatch.setattr(kombu_filesystem, "dumps", dumps_and_look)  # kombu's own _put fails this test
+    with _filesystem_connection(tmp_path, broker.FilesystemTransport) as connection:
+        connection.default_channel._put("q", {"body": "x"})
+
+    assert seen_while_writing == []  # kombu's own transport has the empty file there already
+    [message] = _consumer_visible(tmp_path, "q")
+    assert message.read_bytes() == b'{"body": "x"}' and not list((tmp_path / "out").glob("*.partial"))
+
+
+def test_filesystem_messages_round_trip_through_the_transport(tmp_path):
+    queue = Queue("fsq", Exchange("fsq"), routing_key="fsq")
+    with _filesystem_connection(tmp_path, broker.FilesystemTransport) as connection:
+        producer = connection.Producer(serializer="json")
+        for number in range(5):
+            producer.publish({"n": number}, exchange=queue.exchange, routing_key="fsq", declare=[queue])
+        received = []
+        with connection.Consumer(queue, callbacks=[lambda body, message: (received.append(body), message.ack())]):
+            while len(received) < 5:
+                connection.drain_events(timeout=5)
+    # Within one millisecond kombu's file names order by a random uuid: as with kombu's own transport, no FIFO.
+    assert sorted(r["n"] for r in received) == [0, 1, 2, 3, 4]
