@@ -15,7 +15,7 @@ DATABASES = {"default": env.db("DATABASE_URL")}
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")
 CELERY_BROKER_TRANSPORT_OPTIONS = {}
 # Chosen again for the URL read above (the package chose for the one it saw, maybe the filesystem default).
-CELERY_BROKER_TRANSPORT = (
+CELERY_BROKER_TRANSPORT: str | None = (  # type: ignore[no-redef]
     "marketplace.integrations.broker:Transport" if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else None
 )
 
