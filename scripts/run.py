@@ -130,7 +130,7 @@ def main() -> int:
             ],
             env,
         )
-        log("seeding demo data through the publishing pipeline (first run trains six models: ~1 minute)")
+        log("seeding demo data through the publishing pipeline (first run trains seven models: ~1 minute)")
         manage("seed_demo", env=env)
 
         start(
