@@ -159,15 +159,9 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
             if len(_api_key_cache) >= API_KEY_CACHE_MAX_ENTRIES:
                 _api_key_cache.clear()
             _api_key_cache[public_id] = (now_mono, api_key)
-    if api_key is None:
+    if api_key is None or not hmac.compare_digest(api_key.secret_hash, api_key_hash(raw_key=raw_key)):
         return None
-    if not hmac.compare_digest(api_key.secret_hash, api_key_hash(raw_key=raw_key)):
-        return None
-    if api_key.revoked_at is not None:
-        return None
-    if api_key.expires_at is not None and api_key.expires_at <= timezone.now():
-        return None
-    return api_key
+    return api_key if api_key_status(api_key=api_key) == "active" else None
 
 
 # Per process: when each key's last_used_at was last written, so a busy key costs one UPDATE a minute.

@@ -329,7 +329,8 @@ def api_key_list(request: HttpRequest, slug: str) -> HttpResponse:
 
     from billing.selectors import listing_choices_subscribed
 
-    form = ApiKeyCreateForm(request.POST, listing_choices=listing_choices_subscribed(organization=organization))
+    subscribed = listing_choices_subscribed(organization=organization)
+    form = ApiKeyCreateForm(request.POST, listing_choices=subscribed)
     if form.is_valid():
         try:
             data = form.cleaned_data
@@ -353,7 +354,7 @@ def api_key_list(request: HttpRequest, slug: str) -> HttpResponse:
                 "organization": organization,
                 "api_key": api_key,
                 "raw_key": raw_key,
-                "curl": _curl_example(request, api_key=api_key, raw_key=raw_key),
+                "curl": _curl_example(api_key=api_key, raw_key=raw_key, subscribed=subscribed),
             }
             return render(request, "accounts/api_key_created.html", context, status=201)
     return _api_keys_render(request, organization, form=form)
@@ -384,17 +385,15 @@ def api_key_revoke(request: HttpRequest, slug: str, public_id: str) -> HttpRespo
     return render(request, "accounts/api_key_revoke.html", {"organization": api_key.organization, "api_key": api_key})
 
 
-def _curl_example(request: HttpRequest, *, api_key: ApiKey, raw_key: str) -> str:
-    """A ready-to-run call of one listing the key may use, with the publisher's sample input if any."""
+def _curl_example(*, api_key: ApiKey, raw_key: str, subscribed: list[tuple[int, str]]) -> str:
+    """A ready-to-run call of one listing the key may use (its own, else one of ``subscribed``: the
+    organization's ``(listing id, name)`` choices), with the publisher's sample input if any."""
     import json
     import shlex
 
-    from billing.selectors import listing_choices_subscribed
     from catalog.models import Listing
 
-    listing_ids = [listing.pk for listing in api_key.listings.all()] or [
-        listing_id for listing_id, _name in listing_choices_subscribed(organization=api_key.organization)
-    ]
+    listing_ids = [listing.pk for listing in api_key.listings.all()] or [listing_id for listing_id, _name in subscribed]
     listing = (
         Listing.objects.select_related("current_version").filter(pk=listing_ids[0]).first() if listing_ids else None
     )

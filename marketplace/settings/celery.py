@@ -1,5 +1,7 @@
 """Celery: Redis (or RabbitMQ) in production and tests; a filesystem broker for the embedded default."""
 
+from celery.schedules import crontab
+
 from marketplace.env import VAR_DIR, env
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -46,13 +48,27 @@ CELERY_TASK_ROUTES: dict[str, dict[str, str]] = {
 }
 # Tasks outside the apps' tasks.py modules (autodiscovery only finds those).
 CELERY_IMPORTS = ["inference.tasks_metering"]
-# Beat (run by `make run` beside the worker): the usage buffer reaches the ledger within a few seconds.
+
+
+def _beat(task: str, schedule: float | crontab, expires: int) -> dict:
+    """A beat entry on the default queue; a run not started within `expires` seconds is dropped."""
+    return {"task": task, "schedule": schedule, "options": {"expires": expires, "queue": CELERY_TASK_DEFAULT_QUEUE}}
+
+
+# Beat (run by `make run` beside the worker), one entry a line: task, schedule (seconds or crontab), expiry (s).
 CELERY_BEAT_SCHEDULE = {
-    "inference-usage-flush": {
-        "task": "inference.usage_flush",
-        "schedule": 2.0,
-        "options": {"expires": 10, "queue": CELERY_TASK_DEFAULT_QUEUE},
-    },
+    # The usage buffer reaches the ledger within a few seconds.
+    "inference-usage-flush": _beat("inference.usage_flush", 2.0, 10),
+    # Billing ledger: usage → Stripe meters from the outbox, payouts left pending (a crash, Stripe down), and
+    # the daily reconciliation of the usage ledger with what was reported.
+    "billing-meter-reports-send": _beat("billing.meter_reports_send", 10.0, 30),
+    "billing-payouts-pending-send": _beat("billing.payouts_pending_send", 300.0, 240),
+    "billing-reconciliation-run": _beat("billing.reconciliation_run", crontab(hour=3, minute=17), 3600),
+    "billing-invoices-local-close-due": _beat("billing.invoices_local_close_due", 3600.0, 1800),
+    # Billing subscriptions: local renewals, cancels at period end, suspensions after the grace period, renewals
+    # held for new license terms, stale checkouts; and webhook events a lost task left unprocessed.
+    "billing-subscription-periods-renew": _beat("billing.subscription_periods_renew", 300.0, 240),
+    "billing-stripe-events-retry": _beat("billing.stripe_events_retry", 300.0, 240),
 }
 
 # Inference (celery dispatch mode): requests on their own queue; warm/evict broadcast to every inference worker
@@ -86,41 +102,3 @@ CELERY_TASK_ROUTES = {
 # nobody read (the caller gave up at its deadline) expires after this long.
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=600)
-
-# Billing ledger: usage → Stripe meters from the outbox, payouts left pending (a crash, Stripe down), and
-# the daily reconciliation of the usage ledger with what was reported.
-CELERY_BEAT_SCHEDULE["billing-meter-reports-send"] = {
-    "task": "billing.meter_reports_send",
-    "schedule": 10.0,
-    "options": {"expires": 30, "queue": CELERY_TASK_DEFAULT_QUEUE},
-}
-CELERY_BEAT_SCHEDULE["billing-payouts-pending-send"] = {
-    "task": "billing.payouts_pending_send",
-    "schedule": 300.0,
-    "options": {"expires": 240, "queue": CELERY_TASK_DEFAULT_QUEUE},
-}
-from celery.schedules import crontab  # noqa: E402
-
-CELERY_BEAT_SCHEDULE["billing-reconciliation-run"] = {
-    "task": "billing.reconciliation_run",
-    "schedule": crontab(hour=3, minute=17),
-    "options": {"expires": 3600, "queue": CELERY_TASK_DEFAULT_QUEUE},
-}
-CELERY_BEAT_SCHEDULE["billing-invoices-local-close-due"] = {
-    "task": "billing.invoices_local_close_due",
-    "schedule": 3600.0,
-    "options": {"expires": 1800, "queue": CELERY_TASK_DEFAULT_QUEUE},
-}
-
-# Billing subscriptions (helper "checkout"): local renewals, cancels at period end, suspensions after the grace
-# period, renewals held for new license terms, stale checkouts; and webhook events a lost task left unprocessed.
-CELERY_BEAT_SCHEDULE["billing-subscription-periods-renew"] = {
-    "task": "billing.subscription_periods_renew",
-    "schedule": 300.0,
-    "options": {"expires": 240, "queue": CELERY_TASK_DEFAULT_QUEUE},
-}
-CELERY_BEAT_SCHEDULE["billing-stripe-events-retry"] = {
-    "task": "billing.stripe_events_retry",
-    "schedule": 300.0,
-    "options": {"expires": 240, "queue": CELERY_TASK_DEFAULT_QUEUE},
-}

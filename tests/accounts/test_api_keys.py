@@ -253,6 +253,25 @@ def test_key_page_creates_a_key_and_shows_it_once_with_a_curl_example(client, te
     assert listing.name not in page  # no restriction shown as "All subscribed"
 
 
+def test_key_page_curl_calls_the_keys_listing_else_a_subscribed_one(client, team):
+    from tests.billing.caps_support import paid_plan_make, subscription_make
+
+    owner, _admin, _member, org = team
+    alpha = PublishedListingFactory(slug="alpha-model", name="Alpha")
+    beta = PublishedListingFactory(slug="beta-model", name="Beta")
+    for listing in (alpha, beta):
+        subscription_make(organization=org, plan=paid_plan_make(listing=listing))
+    client.force_login(owner)
+
+    unrestricted = client.post(_keys_url(org), {"name": "any", "scopes": ["inference"]})
+    assert unrestricted.status_code == 201
+    assert "/v2/models/alpha-model/infer" in unrestricted.content.decode()  # the first subscribed, by name
+
+    restricted = client.post(_keys_url(org), {"name": "beta only", "scopes": ["inference"], "listings": [beta.pk]})
+    assert restricted.status_code == 201
+    assert "/v2/models/beta-model/infer" in restricted.content.decode()
+
+
 def test_key_page_shows_errors_next_to_fields(client, team):
     owner, _admin, _member, org = team
     client.force_login(owner)
