@@ -198,35 +198,25 @@ class Batcher:
     def _run_chunks(
         self, requests: list[tuple[dict[str, np.ndarray], list[str] | None]]
     ) -> list[BatchResult | BaseException]:
-        """Batch compatible requests in this thread (up to ``max_batch_size`` rows, in arrival order): for a model
-        too cheap to hand requests to the dispatcher, a batch formed without a hand-off still saves runs."""
-        answers: list[BatchResult | BaseException | None] = [None] * len(requests)
-        groups: dict[tuple, list[tuple[int, _Pending]]] = {}
-        for index, (inputs, output_names) in enumerate(requests):
+        """Batch compatible requests in this thread, by the dispatcher's rule (``_fill``): for a model too cheap to
+        hand requests to the dispatcher, a batch formed without a hand-off still saves runs."""
+        answers: list[_Pending | BatchResult | BaseException] = []
+        waiting: deque[_Pending] = deque()
+        for inputs, output_names in requests:
             shape = _rows_and_key(inputs, output_names)
             if shape is None:
-                answers[index] = self._caught(partial(self._run_now, requests[index]))
+                answers.append(self._caught(partial(self._run_now, (inputs, output_names))))
             else:
-                groups.setdefault(shape[1], []).append((index, _Pending(inputs, output_names, shape[0], shape[1])))
-        for members in groups.values():
-            chunk: list[tuple[int, _Pending]] = []
-            rows = 0
-            for member in [*members, None]:
-                if member is not None and (not chunk or rows + member[1].rows <= self.max_batch_size):
-                    chunk.append(member)
-                    rows += member[1].rows
-                    continue
-                try:
-                    self._execute([pending for _index, pending in chunk])
-                except Exception as exc:  # as in the dispatcher: no request is left without an answer
-                    for _index, pending in chunk:
-                        if pending.result is None and pending.error is None:
-                            pending.error = exc
-                for index, pending in chunk:
-                    answers[index] = pending.error if pending.error is not None else pending.result
-                if member is not None:
-                    chunk, rows = [member], member[1].rows
-        return [answer if answer is not None else RuntimeError("no answer") for answer in answers]
+                waiting.append(_Pending(inputs, output_names, shape[0], shape[1]))
+                answers.append(waiting[-1])
+        while waiting:
+            batch = [waiting.popleft()]
+            _rows, waiting = _fill(batch, batch[0].rows, waiting, self.max_batch_size)
+            self._execute(batch)  # every request gets its result or its error (see _execute_alone)
+        return [
+            (answer.error or answer.result or RuntimeError("no answer")) if isinstance(answer, _Pending) else answer
+            for answer in answers
+        ]
 
     def _run_now(self, request: tuple[dict[str, np.ndarray], list[str] | None]) -> BatchResult:
         return self._run_alone(request[0], request[1], enqueued=time.perf_counter())
@@ -331,17 +321,7 @@ class Batcher:
         batch, rows = [first], first.rows
         flush_at = first.enqueued + self.max_queue_delay_s
         while rows < self.max_batch_size:
-            # Take every compatible request already waiting, oldest first, while it fits (one pass).
-            rest: deque[_Pending] = deque()
-            for pending in self._queue:
-                if pending.cancelled:
-                    continue
-                if pending.key == first.key and rows + pending.rows <= self.max_batch_size:
-                    batch.append(pending)
-                    rows += pending.rows
-                else:
-                    rest.append(pending)
-            self._queue = rest
+            rows, self._queue = _fill(batch, rows, self._queue, self.max_batch_size)
             if rows >= self.max_batch_size:
                 break
             # Wait only while someone else is in flight who could still join (running alone, or just answered
@@ -396,6 +376,21 @@ class Batcher:
             pending.result = self._run_alone(pending.inputs, pending.output_names, enqueued=pending.enqueued)
         except Exception as exc:
             pending.error = exc
+
+
+def _fill(batch: list[_Pending], rows: int, queue: deque[_Pending], max_rows: int) -> tuple[int, deque[_Pending]]:
+    """Move into ``batch`` every request of ``queue`` compatible with its first that still fits, oldest first (one
+    pass), dropping cancelled ones. Returns the batch's rows and the requests left, in order."""
+    rest: deque[_Pending] = deque()
+    for pending in queue:
+        if pending.cancelled:
+            continue
+        if pending.key == batch[0].key and rows + pending.rows <= max_rows:
+            batch.append(pending)
+            rows += pending.rows
+        else:
+            rest.append(pending)
+    return rows, rest
 
 
 class _NotRowWise(Exception):

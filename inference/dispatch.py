@@ -10,7 +10,7 @@ number lists.
 Each answer comes back through a Redis list named in the message (``reply_to``): the worker RPUSHes all the
 answers of a message in one pipeline (with a TTL), each caller BLPOPs its own until the deadline. That is one
 round trip on each side, where Celery's Redis result backend costs a SUBSCRIBE before sending, a SET + PUBLISH,
-an UNSUBSCRIBE and a DEL to forget (measured about 1 ms more per call on the 2-core box). When neither the result
+an UNSUBSCRIBE and a DEL to forget: four more round trips a call. When neither the result
 backend nor the broker is Redis, each request is one ``inference_run`` task whose answer comes through Celery's
 result backend instead (``AsyncResult.get``, then ``forget``).
 
@@ -21,9 +21,12 @@ A lost worker, a passed deadline or a broker that cannot be reached is a 503 ``m
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -240,13 +243,14 @@ def response_decode(answer: dict[str, Any]) -> InferResult:
     )
 
 
-def _send_options(model: ModelRef, deadline_s: float) -> dict[str, Any]:
+def _send_options(*, queue: str, expires_s: float, kwargsrepr: str) -> dict[str, Any]:
+    """``apply_async`` options of an inference message."""
     return {
-        "queue": settings.INFERENCE_QUEUE,
-        "expires": deadline_s,  # a worker that takes it later discards it: the caller has had its 503
+        "queue": queue,
+        "expires": max(0.001, expires_s),  # a worker that takes it later discards it: its callers have had their 503
         "retry": False,  # with the broker down, fail now (503) instead of retrying past the deadline
         "argsrepr": "",  # Celery would otherwise repr the whole payload into the message headers
-        "kwargsrepr": f"version {model.version_id}",
+        "kwargsrepr": kwargsrepr,
     }
 
 
@@ -255,37 +259,26 @@ def _unreachable(exc: BaseException) -> ModelUnavailable:
     return ModelUnavailable("The inference workers cannot be reached now.", retry_after=WORKER_RETRY_AFTER_S)
 
 
-_reply_clients: dict[str, Any] = {}
-# The reply client, resolved once per process: reading the Celery configuration costs ~6 µs a key on every call,
-# and it does not change at run time. A one-element list: empty until resolved (the client may be None).
-_reply_resolved: list[Any] = []
 REPLY_KEY_PREFIX = "inference:reply:"
 
 
+@functools.cache  # once per process: reading the Celery configuration costs ~6 µs a key, and it does not change
 def _reply_client() -> Any:
     """A Redis client for replies (thread-safe, pooled): the result backend's server when it is Redis, else the
     broker's when that is Redis; None otherwise (then replies go through Celery's result backend)."""
-    if _reply_resolved:
-        return _reply_resolved[0]
     from marketplace.celery import app
 
     redis_schemes = ("redis://", "rediss://", "unix://")
     url = next((u for u in (app.conf.result_backend, app.conf.broker_url) if (u or "").startswith(redis_schemes)), None)
-    client = None
-    if url is not None:
-        client = _reply_clients.get(url)
-        if client is None:
-            import redis
+    if url is None:
+        return None
+    import redis
 
-            client = _reply_clients[url] = redis.Redis.from_url(url, socket_connect_timeout=1, health_check_interval=30)
-    _reply_resolved[:] = [client]
-    return client
+    return redis.Redis.from_url(url, socket_connect_timeout=1, health_check_interval=30)
 
 
 def replies_push(*, replies: list[tuple[str, dict[str, Any]]], deadline_at: float) -> None:
     """Push each answer to its caller's list, all in one round trip."""
-    import json
-
     client = _reply_client()
     ttl = max(5, int(deadline_at - time.time()) + 60)  # nobody pops it after the deadline: let it expire
     with client.pipeline(transaction=False) as pipe:
@@ -409,12 +402,11 @@ def _requests_send(requests: list[dict[str, Any]], *, queue: str) -> None:
     inference_run_many.apply_async(
         kwargs={"requests": requests},
         ignore_result=True,
-        queue=queue,
-        # A worker that takes it later discards it: every caller in it has had its 503.
-        expires=max(0.001, deadline_at - time.time()),
-        retry=False,  # with the broker down, fail now (503) instead of retrying past the deadline
-        argsrepr="",
-        kwargsrepr=f"{len(requests)} requests, versions {versions}",
+        **_send_options(
+            queue=queue,
+            expires_s=deadline_at - time.time(),
+            kwargsrepr=f"{len(requests)} requests, versions {versions}",
+        ),
     )
 
 
@@ -422,9 +414,6 @@ def _infer_celery_reply(
     *, client: Any, model: ModelRef, inputs: dict[str, np.ndarray], output_names: list[str] | None, deadline_s: float
 ) -> InferResult:
     """Reply through a Redis list: the worker RPUSHes the answer, this thread BLPOPs it until the deadline."""
-    import json
-    import uuid
-
     started = time.monotonic()
     deadline_at = time.time() + deadline_s
     payload = request_encode(model=model, inputs=inputs, output_names=output_names, deadline_at=deadline_at)
@@ -469,7 +458,12 @@ def _infer_celery_backend(
     deadline_at = time.time() + deadline_s
     payload = request_encode(model=model, inputs=inputs, output_names=output_names, deadline_at=deadline_at)
     try:
-        async_result = inference_run.apply_async(kwargs={"payload": payload}, **_send_options(model, deadline_s))
+        async_result = inference_run.apply_async(
+            kwargs={"payload": payload},
+            **_send_options(
+                queue=settings.INFERENCE_QUEUE, expires_s=deadline_s, kwargsrepr=f"version {model.version_id}"
+            ),
+        )
     except Exception as exc:  # kombu/redis connection errors have no common base class worth naming
         raise _unreachable(exc) from exc
     try:
@@ -531,8 +525,6 @@ def _warm_dispatch(model: ModelRef) -> None:
         return
     # Inline: this web process hosts models. Warm in the background so the publishing request does not wait
     # for a download and a session load.
-    import threading
-
     threading.Thread(target=model_warm, kwargs={"model": model}, name="model-warm", daemon=True).start()
 
 

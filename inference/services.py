@@ -8,10 +8,11 @@ batch flushed twice (after a crash between insert and removal) is counted once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -110,22 +111,15 @@ def _decode(raw: list[bytes], kind: type) -> list:
     return entries
 
 
-def _atomic_checked():
+@contextlib.contextmanager
+def _atomic_checked() -> Iterator[None]:
     """A transaction (or savepoint) whose foreign keys are checked at each statement, not at the outer commit:
     a bad row must fail here, inside the savepoint we can roll back, even when a caller's transaction wraps us."""
-    atomic = transaction.atomic()
-
-    class _Checked:
-        def __enter__(self):
-            atomic.__enter__()
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-
-        def __exit__(self, *exc):
-            return atomic.__exit__(*exc)
-
-    return _Checked()
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        yield
 
 
 def _write_batch(write, entries: list) -> None:

@@ -3,7 +3,8 @@
 Plain Django views, not DRF: this is the hot path. A call costs, in the steady state, no database
 query (key, subscription and listing rows are cached per process for at most a second), one Redis
 round trip before inference (idempotency, rate and quota decided and reserved by one Lua script) and
-one after it (the usage record pushed to a buffer, the idempotent response stored).
+none after it: the usage record goes to the usage spool (inference/usage_spool.py), which pushes records to
+Redis in batches. Only an idempotent call waits for a second one (its record and stored response together).
 
 Errors are JSON ``{"error": "<message>", "code": "<code>", "fields": {...}}``: KServe V2 puts the
 message string under ``error`` (Triton's client prints it), ``code`` is what programs branch on.
@@ -223,7 +224,6 @@ def _raw_key(request: HttpRequest) -> str | None:
 
 
 def _authenticate(request: HttpRequest, *, required: bool) -> Any:
-
     raw = _raw_key(request)
     if raw is None:
         if required:
@@ -283,7 +283,6 @@ def _infer_caller(request: HttpRequest) -> Any:
 
 
 def _observe(call: _Call | None, slug: str, status: int, started: float) -> None:
-
     known = call if call is not None and call.listing_id is not None else None
     metrics.request_observe(
         listing=slug if known is not None else "",
@@ -507,7 +506,6 @@ def model_infer(request: HttpRequest, listing: str, version: str | None = None) 
 
 
 def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: str | None) -> HttpResponse:
-
     try:
         served_listing = _listing_or_404(slug)
         call.listing_id = served_listing.id

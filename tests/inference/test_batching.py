@@ -333,3 +333,22 @@ def test_run_many_on_a_cheap_model_batches_in_the_calling_thread():
 
     assert run.rows == [6] and batcher._thread is None  # one run, and no dispatcher thread was started
     assert [r.batch_rows for r in results] == [6] * 6
+
+
+def test_run_many_on_a_cheap_model_packs_batches_by_the_dispatchers_rule():
+    handle = _session(onnx_classifier_bytes())
+    run = RecordingRun(handle)
+    batcher = Batcher(run=run, name="m6", batchable=True, max_batch_size=4, max_queue_delay_ms=20, min_run_ms=50)
+    _warm(batcher, 64)
+    run.rows.clear()
+    rng = np.random.default_rng(5)
+    inputs = [rng.random((rows, 4), dtype=np.float32) * 5 for rows in (3, 3, 1, 1)]
+    requests = [({"input": x}, ["label"] if i == 3 else None) for i, x in enumerate(inputs)]
+
+    results = batcher.run_many(requests)
+
+    # The oldest and what fits with it (0 and 2: 4 rows), then 1 (nothing left fits with it), then 3 (other outputs).
+    assert run.rows == [4, 3, 1] and batcher._thread is None
+    assert [r.batch_rows for r in results] == [4, 3, 4, 1]
+    for x, result in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(result.outputs["label"], runtime.session_run(handle, {"input": x})["label"])
