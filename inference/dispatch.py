@@ -10,7 +10,7 @@ number lists.
 Each answer comes back through a Redis list named in the message (``reply_to``): the worker RPUSHes all the
 answers of a message in one pipeline (with a TTL), each caller BLPOPs its own until the deadline. That is one
 round trip on each side, where Celery's Redis result backend costs a SUBSCRIBE before sending, a SET + PUBLISH,
-an UNSUBSCRIBE and a DEL to forget: four more round trips a call. When neither the result
+an UNSUBSCRIBE and a DEL to forget, each a round trip of its own. When neither the result
 backend nor the broker is Redis, each request is one ``inference_run`` task whose answer comes through Celery's
 result backend instead (``AsyncResult.get``, then ``forget``).
 
