@@ -101,7 +101,7 @@ class CheckoutSessionAdmin(ReadOnlyAdmin):
     list_display = ("session_id", "organization", "plan", "backend", "status", "created_at", "completed_at")
     list_filter = ("status", "backend")
     search_fields = ("session_id", "organization__name")
-    list_select_related = ("organization", "plan")
+    list_select_related = ("organization", "plan__listing")  # Plan.__str__ reads its listing
 
 
 @admin.register(StripeEvent)
@@ -115,7 +115,13 @@ class StripeEventAdmin(ReadOnlyAdmin):
 class MeterReportAdmin(ReadOnlyAdmin):
     list_display = ("usage_record", "subscription", "value", "status", "attempts", "next_attempt_at", "sent_at")
     list_filter = ("status",)
-    list_select_related = ("usage_record", "subscription")
+    # Subscription.__str__ reads its organization, listing and plan.
+    list_select_related = (
+        "usage_record",
+        "subscription__organization",
+        "subscription__listing",
+        "subscription__plan",
+    )
 
 
 class InvoiceLineInline(admin.TabularInline):

@@ -440,14 +440,12 @@ def publisher_dashboard(*, organization: Organization, now: datetime | None = No
         .annotate(month=_paid_month(), currency=F("invoice__currency"))
         .filter(month__gte=since_month)
         .values("month", "currency")
-        .annotate(share=Sum("publisher_share_cents"), fee=Sum("platform_fee_cents"), gross=Sum("amount_cents"))
+        .annotate(share=Sum("publisher_share_cents"))
         .order_by()
     )
     revenue: dict[str, dict[date, int]] = defaultdict(lambda: defaultdict(int))
-    gross: dict[str, int] = defaultdict(int)
     for row in revenue_rows:
         revenue[row["currency"]][_as_date(row["month"])] += int(row["share"] or 0)
-        gross[row["currency"]] += int(row["gross"] or 0)
     payout_rows = (
         Payout.objects.filter(publisher=organization, status=PayoutStatus.PAID, paid_at__gte=since_month)
         .annotate(month=TruncMonth("paid_at", tzinfo=UTC))

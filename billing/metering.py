@@ -159,7 +159,7 @@ def meter_reports_send(*, batch_size: int = 500, now: datetime | None = None) ->
     with transaction.atomic():
         reports = list(
             MeterReport.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("usage_record", "subscription")
+            .select_related("usage_record", "subscription__organization")
             .filter(status=MeterReportStatus.PENDING)
             .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
             .order_by("pk")[:batch_size]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import calendar
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from accounts.models import MANAGER_ROLES, Organization, User
 from accounts.selectors import membership_get, user_can_manage
-from billing import pricing
+from billing import invoices, metering, pricing
 from billing.licenses import LicenseTerms, license_terms_for_listing
 from billing.models import (
     BillingCustomer,
@@ -92,16 +92,6 @@ def _forget_entitlement_on_commit(*, organization_id: int, listing_id: int) -> N
     )
 
 
-def _ledger(module: str, name: str) -> Callable[..., Any] | None:
-    """A function of the ledger's modules (billing.invoices, billing.payouts), None while it is absent."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(f"billing.{module}"), name, None)
-    except ImportError:
-        return None
-
-
 def _ts(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value else None
 
@@ -116,6 +106,16 @@ def _require_listing_manager(*, user: User, listing: Listing) -> None:
 
 def _invalid(field: str, message: str, summary: str | None = None) -> ApplicationError:
     return ApplicationError(summary or message, code="invalid", fields={field: [message]})
+
+
+def _terms_read_check(*, terms: LicenseTerms, terms_sha256: str | None) -> None:
+    """409 ``terms_changed`` when the buyer read other terms (``terms_sha256``) than the listing's current ones."""
+    if terms_sha256 and terms_sha256 != terms.sha256:
+        raise Conflict(
+            "The license terms changed since you read them. Read them again and accept.",
+            code="terms_changed",
+            fields={"accept_license": ["The terms changed; read them again."]},
+        )
 
 
 def _plan_prices_clean(
@@ -351,14 +351,6 @@ def billing_customer_ensure(*, organization: Organization, email: str | None = N
     return customer
 
 
-def stripe_meter_event_name(*, listing_id: int) -> str:
-    """The meter a listing's usage is reported to (the ledger's ``billing.metering.meter_event_name``)."""
-    name = _ledger("metering", "meter_event_name")
-    if name is not None:
-        return str(name(listing_id=listing_id))
-    return f"{settings.STRIPE_METER_EVENT_NAME}_{listing_id}"
-
-
 def stripe_meter_ensure(*, event_name: str) -> str:
     """The id of the active Stripe meter for ``event_name``, created the first time (find-or-create:
     an event name belongs to one active meter, so a lost id is found again by listing the meters)."""
@@ -423,7 +415,7 @@ def plan_stripe_prices_ensure(*, plan: Plan) -> Plan:
         )
         updates["stripe_price_id"] = price["id"]
     if wants_metered and not plan.stripe_metered_price_id:
-        meter = stripe_meter_ensure(event_name=stripe_meter_event_name(listing_id=plan.listing_id))
+        meter = stripe_meter_ensure(event_name=metering.meter_event_name(listing_id=plan.listing_id))
         price = payments.price_create(
             product=product_id,
             currency=plan.currency,
@@ -499,12 +491,7 @@ def subscribe_check(
         raise Conflict("This plan takes no new subscribers.", code="plan_inactive", fields={"plan": ["Inactive."]})
     version = _pinned_version_clean(listing=listing, pinned_version=pinned_version)
     terms = license_terms_for_listing(listing=listing)
-    if terms_sha256 and terms_sha256 != terms.sha256:
-        raise Conflict(
-            "The license terms changed since you read them. Read them again and accept.",
-            code="terms_changed",
-            fields={"accept_license": ["The terms changed; read them again."]},
-        )
+    _terms_read_check(terms=terms, terms_sha256=terms_sha256)
     live = (
         Subscription.objects.select_related("plan")
         .filter(organization=organization, listing=listing, status__in=LIVE_STATUSES)
@@ -678,11 +665,7 @@ def invoice_period_open(*, subscription: Subscription) -> None:
     """Invoice a local subscription's current period in advance (the ledger's ``billing.invoices``)."""
     if subscription.stripe_subscription_id or subscription.plan.kind == PlanKind.FREE:
         return
-    opener = _ledger("invoices", "invoice_period_open")
-    if opener is None:
-        logger.warning("billing.invoices.invoice_period_open is missing: subscription %s not invoiced", subscription.pk)
-        return
-    opener(
+    invoices.invoice_period_open(
         subscription=subscription,
         period_start=subscription.current_period_start,
         period_end=subscription.current_period_end,
@@ -693,13 +676,7 @@ def _invoice_period_close(*, subscription: Subscription, period_start: datetime,
     """Invoice the usage of a local subscription's ended period (the ledger's ``billing.invoices``)."""
     if subscription.stripe_subscription_id:
         return
-    closer = _ledger("invoices", "invoice_period_close")
-    if closer is None:
-        logger.warning(
-            "billing.invoices.invoice_period_close is missing: subscription %s not invoiced", subscription.pk
-        )
-        return
-    closer(subscription=subscription, period_start=period_start, period_end=period_end)
+    invoices.invoice_period_close(subscription=subscription, period_start=period_start, period_end=period_end)
 
 
 # --- subscriptions: lifecycle ---------------------------------------------------------------------
@@ -857,11 +834,10 @@ def _plan_change_now(*, subscription: Subscription, plan: Plan, user: User | Non
             period_end=subscription.current_period_end,
             at=now,
         )
-        adder = _ledger("invoices", "invoice_proration_add")
-        if proration and adder is not None:
-            adder(subscription=subscription, old_plan=old, new_plan=plan, amount_cents=proration, at=now)
-        elif proration:
-            logger.warning("billing.invoices.invoice_proration_add is missing: proration of %s not invoiced", proration)
+        if proration:
+            invoices.invoice_proration_add(
+                subscription=subscription, old_plan=old, new_plan=plan, amount_cents=proration, at=now
+            )
     subscription.plan = plan
     if subscription.scheduled_plan_id == plan.pk or reason == "upgrade":
         subscription.scheduled_plan = None
@@ -984,12 +960,7 @@ def subscription_terms_accept(
     if subscription.status == SubscriptionStatus.CANCELED:
         raise Conflict("This subscription has ended; subscribe again.", code="subscription_ended")
     terms = license_terms_for_listing(listing=subscription.listing)
-    if terms_sha256 and terms_sha256 != terms.sha256:
-        raise Conflict(
-            "The license terms changed since you read them. Read them again and accept.",
-            code="terms_changed",
-            fields={"accept_license": ["The terms changed; read them again."]},
-        )
+    _terms_read_check(terms=terms, terms_sha256=terms_sha256)
     if not subscription_terms_outdated(subscription=subscription):
         return subscription
     acceptance = LicenseAcceptance.objects.create(

@@ -27,7 +27,8 @@ from billing.forms import (
     TermsAcceptForm,
     TestCardForm,
 )
-from billing.models import CheckoutStatus
+from billing.models import CheckoutStatus, Plan
+from catalog.models import Listing
 from catalog.publish_selectors import listing_get_for_manager
 from catalog.selectors import listing_get_public
 from marketplace.errors import ApplicationError, NotFound, error_response
@@ -420,9 +421,8 @@ def plan_create(request: HttpRequest, slug: str) -> HttpResponse:
     return redirect(_manage_page(slug))
 
 
-@login_required
-@require_POST
-def plan_deactivate(request: HttpRequest, plan_id: int) -> HttpResponse:
+def _plan_managed(request: HttpRequest, plan_id: int) -> tuple[Plan, Listing]:
+    """The plan and its listing, 404 unless the plan exists and the user manages its listing."""
     plan = selectors.plan_get(plan_id=plan_id)
     if plan is None:
         raise Http404("No such plan.")
@@ -430,6 +430,13 @@ def plan_deactivate(request: HttpRequest, plan_id: int) -> HttpResponse:
         listing = listing_get_for_manager(user=_user(request), slug=plan.listing.slug)
     except NotFound as exc:
         raise Http404(exc.message) from exc
+    return plan, listing
+
+
+@login_required
+@require_POST
+def plan_deactivate(request: HttpRequest, plan_id: int) -> HttpResponse:
+    plan, listing = _plan_managed(request, plan_id)
     try:
         services.plan_deactivate(plan=plan, user=_user(request))
     except ApplicationError as exc:
@@ -443,13 +450,7 @@ def plan_deactivate(request: HttpRequest, plan_id: int) -> HttpResponse:
 @require_POST
 def plan_price_change(request: HttpRequest, plan_id: int) -> HttpResponse:
     """A new price makes a new version of the plan; current subscribers move to it at their renewal."""
-    plan = selectors.plan_get(plan_id=plan_id)
-    if plan is None:
-        raise Http404("No such plan.")
-    try:
-        listing = listing_get_for_manager(user=_user(request), slug=plan.listing.slug)
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
+    plan, listing = _plan_managed(request, plan_id)
     form = PlanPriceChangeForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Check the prices.")

@@ -25,7 +25,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from billing import checkout, services
+from billing import checkout, invoices, payouts, services
 from billing.models import CheckoutStatus, StripeEvent, StripeEventStatus, Subscription
 from marketplace.integrations import stripe as payments
 
@@ -188,21 +188,12 @@ def _invoice_subscription(row: StripeEvent, obj: Mapping[str, Any]) -> Subscript
     return _subscription_for_stripe(stripe_subscription_id=stripe_id, event_created=row.stripe_created)
 
 
-def _ledger_function(module: str, name: str) -> Callable[..., Any]:
-    function = services._ledger(module, name)
-    if function is None:
-        raise RuntimeError(f"billing.{module}.{name} is missing: the event stays failed until it exists")
-    return function
-
-
 def _invoice_paid(row: StripeEvent, obj: Mapping[str, Any]) -> str:
     subscription = _invoice_subscription(row, obj)
     if subscription is None and payments.invoice_subscription_id(obj):
         return StripeEventStatus.IGNORED  # another platform's subscription on the same account
     # The mirror queues the paid invoice's payouts (payouts.payouts_for_invoice) when it commits.
-    _ledger_function("invoices", "invoice_from_stripe")(
-        stripe_invoice=dict(obj), event_created=int(row.stripe_created.timestamp())
-    )
+    invoices.invoice_from_stripe(stripe_invoice=dict(obj), event_created=int(row.stripe_created.timestamp()))
     return StripeEventStatus.PROCESSED
 
 
@@ -213,9 +204,7 @@ def _invoice_payment_failed(row: StripeEvent, obj: Mapping[str, Any]) -> str:
 
 
 def _account_updated(row: StripeEvent, obj: Mapping[str, Any]) -> str:
-    _ledger_function("payouts", "publisher_account_sync")(
-        stripe_account=dict(obj), event_created=int(row.stripe_created.timestamp())
-    )
+    payouts.publisher_account_sync(stripe_account=dict(obj), event_created=int(row.stripe_created.timestamp()))
     return StripeEventStatus.PROCESSED
 
 

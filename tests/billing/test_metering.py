@@ -259,6 +259,37 @@ def test_events_outside_stripes_time_window_fail_with_the_reason_and_show_in_rec
 
 
 @pytest.mark.django_db
+def test_failed_reports_read_no_row_each(metered, fake_stripe):
+    """Marking reports failed (audited with their organization) reads nothing per report: a batch with more
+    failures costs more audit inserts, never more selects."""
+    from django.test.utils import CaptureQueriesContext
+
+    def selects_for(count: int) -> int:
+        now = timezone.now()
+        usage_write(subscription=metered, units=[1] * count, at=[now - timedelta(days=36)] * count)
+        with CaptureQueriesContext(connection) as ctx:
+            assert meter_reports_send(now=now)["failed"] == count
+        return sum(1 for q in ctx.captured_queries if q["sql"].lstrip().upper().startswith("SELECT"))
+
+    assert selects_for(1) == selects_for(4)
+
+
+@pytest.mark.django_db
+def test_the_admin_list_of_meter_reports_reads_no_row_each(client, staff_user, metered):
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(staff_user)
+
+    def queries_with(count: int) -> int:
+        usage_write(subscription=metered, units=[1] * count, at=_ago(*range(count)))
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get("/admin/billing/meterreport/").status_code == 200
+        return len(ctx.captured_queries)
+
+    assert queries_with(1) == queries_with(3)
+
+
+@pytest.mark.django_db
 def test_an_event_stripe_refuses_fails_alone_and_the_rest_go(metered, fake_stripe):
     records = usage_write(subscription=metered, units=[1, 2, 3], at=_ago(3, 2, 1))
     fake_stripe.fail_next(
