@@ -470,7 +470,8 @@ def demo_seed(*, timeout_s: float = 300.0, log: Callable[[str], None] = print) -
 
 def _plans_and_subscriptions(*, publisher: Any, buyer: Any, buyer_org: Any, log: Callable[[str], None]) -> None:
     """A free plan on every demo listing; the buyer organization subscribes to a few, accepting the license."""
-    from billing.models import Plan, Subscription, SubscriptionStatus
+    from billing.models import Plan
+    from billing.selectors import subscription_live_get
     from billing.services import plan_create, subscription_create, subscription_periods_renew
     from catalog.models import Listing
 
@@ -484,15 +485,12 @@ def _plans_and_subscriptions(*, publisher: Any, buyer: Any, buyer_org: Any, log:
             plan = plan_create(
                 listing=listing, user=publisher, name=DEMO_PLAN_NAME, monthly_quota_units=DEMO_PLAN_QUOTA_UNITS
             )
-        if spec.slug in DEMO_SUBSCRIBED_SLUGS and listing.is_public:
-            live = Subscription.objects.filter(organization=buyer_org, listing=listing).exclude(
-                status=SubscriptionStatus.CANCELED
+        subscribe = spec.slug in DEMO_SUBSCRIBED_SLUGS and listing.is_public
+        if subscribe and subscription_live_get(organization=buyer_org, listing=listing) is None:
+            subscription_create(
+                organization=buyer_org, user=buyer, plan=plan, accept_license=True, ip_address="127.0.0.1"
             )
-            if not live.exists():
-                subscription_create(
-                    organization=buyer_org, user=buyer, plan=plan, accept_license=True, ip_address="127.0.0.1"
-                )
-                log(f"  {buyer_org.name} subscribes to {listing.name} ({DEMO_PLAN_NAME})")
+            log(f"  {buyer_org.name} subscribes to {listing.name} ({DEMO_PLAN_NAME})")
     _paid_plans(publisher=publisher, buyer=buyer, buyer_org=buyer_org, listings=listings, log=log)
     # A demo database that sat for more than a month: roll the free periods forward.
     subscription_periods_renew()
@@ -505,7 +503,8 @@ def _paid_plans(
     from django.conf import settings
 
     from billing.checkout import checkout_local_pay, checkout_start
-    from billing.models import Plan, Subscription, SubscriptionStatus
+    from billing.models import Plan
+    from billing.selectors import subscription_live_get
     from billing.services import plan_create
 
     for slug, plans in DEMO_PAID_PLANS.items():
@@ -527,11 +526,7 @@ def _paid_plans(
     listing = listings.get(slug)
     if listing is None or not listing.is_public or settings.BILLING_BACKEND != "local":
         return  # with Stripe keys set, a person checks out through Stripe instead
-    if (
-        Subscription.objects.filter(organization=buyer_org, listing=listing)
-        .exclude(status=SubscriptionStatus.CANCELED)
-        .exists()
-    ):
+    if subscription_live_get(organization=buyer_org, listing=listing) is not None:
         return
     plan = Plan.objects.get(listing=listing, name=plan_name, is_active=True)
     session = checkout_start(

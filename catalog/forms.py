@@ -94,13 +94,3 @@ class HubImportForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("prefix", "hub")  # the upload form on the same page uses the plain names
         super().__init__(*args, **kwargs)
-
-
-def form_errors_apply(form: forms.Form, fields: dict[str, list[str]], message: str) -> None:
-    """Show a service's field errors on the form; fields the form lacks become form-wide errors."""
-    if not fields:
-        form.add_error(None, message)
-        return
-    for name, messages in fields.items():
-        for text in messages:
-            form.add_error(name if name in form.fields else None, text)

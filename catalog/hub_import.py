@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
 from catalog.models import Listing, UploadMode, Version, VersionStatus
 from catalog.services import (
-    _invalid,
     _require_manager,
     _sample_input_clean,
     _version_mark_invalid,
-    semver_parse,
+    artifact_key_new,
     size_human,
+    version_insert,
+    version_number_new,
     version_upload_complete,
 )
 from marketplace.errors import ApplicationError
@@ -37,7 +37,6 @@ from moderation.models import AuditAction
 
 logger = logging.getLogger(__name__)
 
-_HASH_CHUNK_BYTES = 1024 * 1024
 IMPORT_STEP = {"key": "import", "label": "Import from the Hugging Face Hub"}
 
 
@@ -69,23 +68,16 @@ def version_import_from_hub(
 ) -> Version:
     """Record a new version whose file a worker imports from the Hub; it then validates like an upload."""
     _require_manager(user=user, organization=listing.organization)
-    version = (version or "").strip()
-    major, minor, patch, prerelease = semver_parse(version)
-    if Version.objects.filter(listing=listing, version=version).exists():
-        raise _invalid("version", f"Version {version} already exists for this listing; choose a new number.")
+    number = version_number_new(listing=listing, version=version)
     repo_id, filename, revision = _hub_input_clean(repo_id=repo_id, filename=filename, revision=revision)
     sample = _sample_input_clean(sample_input)
 
     row = Version(
         listing=listing,
         created_by=user,
-        version=version,
-        major=major,
-        minor=minor,
-        patch=patch,
-        prerelease=prerelease,
+        **number,
         changelog=changelog or "",
-        artifact_key=f"artifacts/{listing.pk}/{uuid.uuid4().hex}/model.onnx",
+        artifact_key=artifact_key_new(listing=listing),
         # Size and hash are known once the worker has the file; the upload check compares against them.
         artifact_size=0,
         artifact_sha256="",
@@ -94,16 +86,12 @@ def version_import_from_hub(
         source={"hub": repo_id, "filename": filename, "ref": revision or hub.DEFAULT_REVISION, "revision": None},
         validation_report={"ok": None, "state": "importing", "steps": []},
     )
-    try:
-        with transaction.atomic():
-            row.save()
-    except IntegrityError as exc:  # the same number created concurrently
-        raise _invalid("version", f"Version {version} already exists for this listing; choose a new number.") from exc
+    version_insert(row)
     audit_log_write(
         action=AuditAction.VERSION_CREATED,
         actor=user,
         version=row,
-        data={"version": version, "source": row.source},
+        data={"version": row.version, "source": row.source},
     )
 
     from catalog.tasks import version_hub_import as version_hub_import_task
@@ -128,14 +116,6 @@ def version_hub_import_fail(*, version_id: int, reason: str) -> Version | None:
     version.validated_at = timezone.now()
     _version_mark_invalid(version=version, reason=reason, data={"source": version.source})
     return version
-
-
-def _sha256(path: Any) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def version_hub_import_run(*, version_id: int) -> None:
@@ -171,7 +151,8 @@ def version_hub_import_run(*, version_id: int) -> None:
             reason=f"The file '{fetched.filename}' is {size_human(size)}; the limit is {size_human(max_bytes)}.",
         )
         return
-    sha256 = _sha256(fetched.path)
+    with open(fetched.path, "rb") as handle:
+        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
     try:
         storage.object_upload(key=version.artifact_key, source=fetched.path)
     except storage.StorageUnavailable:

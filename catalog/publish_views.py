@@ -14,11 +14,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
+from accounts.forms import form_add_application_error
 from accounts.selectors import user_can_manage
 from billing.forms import PlanCreateForm
 from billing.selectors import plan_list_for_listing
 from catalog import services
-from catalog.forms import HubImportForm, ListingCreateForm, ListingForm, VersionForm, form_errors_apply
+from catalog.forms import HubImportForm, ListingCreateForm, ListingForm, VersionForm
 from catalog.hub_import import version_import_from_hub
 from catalog.models import Listing, Version, VersionStatus
 from catalog.publish_selectors import (
@@ -86,7 +87,7 @@ def listing_create(request: HttpRequest) -> HttpResponse:
                 organization=organization, user=request_user(request), **form.cleaned_for_service()
             )
         except ApplicationError as exc:
-            form_errors_apply(form, exc.fields, exc.message)
+            form_add_application_error(form, exc)
         else:
             messages.success(request, f"“{listing.name}” is created. Upload its first version next.")
             return redirect("publish:version-create", slug=listing.slug)
@@ -102,7 +103,7 @@ def listing_manage(request: HttpRequest, slug: str) -> HttpResponse:
         try:
             services.listing_update(listing=listing, user=request_user(request), **form.cleaned_for_service())
         except ApplicationError as exc:
-            form_errors_apply(form, exc.fields, exc.message)
+            form_add_application_error(form, exc)
         else:
             messages.success(request, "Listing saved.")
             return redirect("publish:listing-manage", slug=listing.slug)
@@ -155,7 +156,7 @@ def version_import(request: HttpRequest, slug: str) -> HttpResponse:
         try:
             version = version_import_from_hub(listing=listing, user=request_user(request), **hub_form.cleaned_data)
         except ApplicationError as exc:
-            form_errors_apply(hub_form, exc.fields, exc.message)
+            form_add_application_error(hub_form, exc)
         else:
             messages.success(request, f"Version {version.version} is being imported from the Hugging Face Hub.")
             return redirect("publish:version-detail", version_id=version.pk)

@@ -306,6 +306,35 @@ def version_upload_instructions(*, version: Version) -> dict[str, Any]:
     return {"mode": "multipart", "upload_id": version.upload_id, "part_size": part_size, "parts": parts}
 
 
+def _version_exists(version: str) -> ApplicationError:
+    return _invalid("version", f"Version {version} already exists for this listing; choose a new number.")
+
+
+def version_number_new(*, listing: Listing, version: str) -> dict[str, Any]:
+    """A new version number of the listing as Version fields (``version``, ``major`` ... ``prerelease``).
+
+    Refuses a number that is not a semantic version or that the listing already has.
+    """
+    version = (version or "").strip()
+    major, minor, patch, prerelease = semver_parse(version)
+    if Version.objects.filter(listing=listing, version=version).exists():
+        raise _version_exists(version)
+    return {"version": version, "major": major, "minor": minor, "patch": patch, "prerelease": prerelease}
+
+
+def artifact_key_new(*, listing: Listing) -> str:
+    return f"artifacts/{listing.pk}/{uuid.uuid4().hex}/model.onnx"
+
+
+def version_insert(row: Version) -> None:
+    """Save a new version row; the same number created concurrently is the same field error."""
+    try:
+        with transaction.atomic():
+            row.save()
+    except IntegrityError as exc:
+        raise _version_exists(row.version) from exc
+
+
 @transaction.atomic
 def version_create(
     *,
@@ -319,10 +348,7 @@ def version_create(
 ) -> tuple[Version, dict[str, Any]]:
     """Record a new version and return it with the upload instructions for its artifact."""
     _require_manager(user=user, organization=listing.organization)
-    version = (version or "").strip()
-    major, minor, patch, prerelease = semver_parse(version)
-    if Version.objects.filter(listing=listing, version=version).exists():
-        raise _invalid("version", f"Version {version} already exists for this listing; choose a new number.")
+    number = version_number_new(listing=listing, version=version)
 
     max_bytes = settings.ARTIFACT_MAX_BYTES
     if not isinstance(artifact_size, int) or artifact_size <= 0:
@@ -338,16 +364,12 @@ def version_create(
         raise _invalid("artifact_sha256", "Give the artifact's SHA-256 as 64 hexadecimal characters.")
     sample = _sample_input_clean(sample_input)
 
-    key = f"artifacts/{listing.pk}/{uuid.uuid4().hex}/model.onnx"
+    key = artifact_key_new(listing=listing)
     multipart = artifact_size > settings.UPLOAD_MULTIPART_THRESHOLD
     row = Version(
         listing=listing,
         created_by=user,
-        version=version,
-        major=major,
-        minor=minor,
-        patch=patch,
-        prerelease=prerelease,
+        **number,
         changelog=changelog or "",
         artifact_key=key,
         artifact_size=artifact_size,
@@ -358,17 +380,13 @@ def version_create(
     if multipart:
         # Started before the row is saved: if storage is down the client gets a 503 and nothing is kept.
         row.upload_id = storage.multipart_create(key=key)
-    try:
-        with transaction.atomic():
-            row.save()
-    except IntegrityError as exc:  # the same number created concurrently
-        raise _invalid("version", f"Version {version} already exists for this listing; choose a new number.") from exc
+    version_insert(row)
     instructions = version_upload_instructions(version=row)
     audit_log_write(
         action=AuditAction.VERSION_CREATED,
         actor=user,
         version=row,
-        data={"version": version, "artifact_size": artifact_size, "upload_mode": row.upload_mode},
+        data={"version": row.version, "artifact_size": artifact_size, "upload_mode": row.upload_mode},
     )
     return row, instructions
 

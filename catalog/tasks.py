@@ -7,6 +7,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
 from catalog import services
+from marketplace.integrations.huggingface import HubUnavailable
 from marketplace.integrations.s3 import StorageUnavailable
 
 # The sandbox has its own timeout; these limits only catch a worker stuck around it (download included).
@@ -36,8 +37,6 @@ def version_validate(version_id: int) -> None:
 
 
 # --- import from the Hugging Face Hub (catalog/hub_import.py) ---
-from marketplace.integrations.huggingface import HubUnavailable  # noqa: E402
-
 _HUB_RETRIES = 3
 
 

@@ -111,18 +111,13 @@ class AuditEntryOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     action = serializers.CharField()
-    actor = serializers.SerializerMethodField()
+    # The references may name rows deleted since (no database constraint); those read as null.
+    actor = serializers.CharField(source="actor.email", allow_null=True)
     organization = serializers.CharField(source="organization.slug", allow_null=True)
     listing = serializers.CharField(source="listing.slug", allow_null=True)
-    version = serializers.SerializerMethodField()
+    version = serializers.CharField(source="version.version", allow_null=True)
     reason = serializers.CharField()
     data = serializers.JSONField()  # type: ignore[assignment]  # moved off the class like "fields" above
-
-    def get_actor(self, obj: Any) -> str | None:
-        return obj.actor.email if obj.actor_id else None
-
-    def get_version(self, obj: Any) -> str | None:
-        return obj.version.version if obj.version_id else None
 
 
 # --- staff: versions ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from django.http import QueryDict
 from django.utils.safestring import SafeString
 
 from catalog.markdown import markdown_render
-from catalog.models import Domain, LicenseTemplate, Task
+from catalog.selectors import FACETS
 
 register = template.Library()
 
@@ -102,11 +102,7 @@ def query_without(context: dict[str, Any], key: str, value: str | None = None) -
     return f"?{encoded}" if encoded else "?"
 
 
-_LABELS: dict[str, dict[str, str]] = {
-    "domain": dict(Domain.choices),
-    "task": dict(Task.choices),
-    "license": dict(LicenseTemplate.choices),
-}
+_LABELS: dict[str, dict[str, str]] = {name: dict(choices.choices) for name, choices in FACETS.items()}
 
 
 @register.filter

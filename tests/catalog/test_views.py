@@ -49,6 +49,15 @@ def test_markdown_heading_offset_demotes_headings():
     assert markdown_render("# Title") == "<h1>Title</h1>"
 
 
+def test_facet_label_names_each_facet_value_and_passes_unknown_ones_through():
+    from catalog.models import Domain, LicenseTemplate, Task
+    from catalog.templatetags.catalog_tags import facet_label
+
+    for facet, choices in (("domain", Domain), ("task", Task), ("license", LicenseTemplate)):
+        assert [facet_label(value, facet) for value in choices.values] == list(choices.labels)
+    assert facet_label("made-up", "domain") == "made-up" and facet_label("healthcare", "nope") == "healthcare"
+
+
 def test_markdown_of_empty_text_is_empty():
     assert markdown_render("") == "" and markdown_render(None) == ""
 

@@ -225,3 +225,30 @@ def test_withdraw_a_published_version(staff_api, published_listing):
     assert response.status_code == 200
     assert response.json()["status"] == "withdrawn" and response.json()["listing"]["status"] == "draft"
     assert staff_api.post(url, {"reason": "Again"}, format="json").status_code == 409
+
+
+def test_audit_entries_outlive_the_user_and_version_they_name(staff_api, staff_user, make_user, version_in_review):
+    """The audit references carry no database constraint: deleting what they name keeps the row readable."""
+    from catalog.models import Version
+    from moderation.models import AuditLogEntry
+
+    gone = make_user(email="gone@example.com")
+    AuditLogEntry.objects.create(
+        action=AuditAction.VERSION_REJECTED,
+        actor=gone,
+        organization=version_in_review.listing.organization,
+        listing=version_in_review.listing,
+        version=version_in_review,
+        reason="Before the deletions",
+    )
+    Version.objects.filter(pk=version_in_review.pk).delete()
+    gone.delete()
+
+    response = staff_api.get(reverse("api-moderation-audit"))
+    assert response.status_code == 200
+    entry = response.json()["results"][0]
+    assert (entry["reason"], entry["actor"], entry["version"]) == ("Before the deletions", None, None)
+    assert entry["listing"] == version_in_review.listing.slug
+    staff_api.force_login(staff_user)  # the audit page is a Django view: a session, not DRF's forced user
+    page = staff_api.get(reverse("moderation:audit"))
+    assert page.status_code == 200 and "Before the deletions" in page.content.decode()

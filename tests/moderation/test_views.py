@@ -103,6 +103,24 @@ def test_approve_from_the_queue_publishes(staff_client, version_in_review, djang
     assert "Nothing waiting for review" in text(response)
 
 
+def test_mail_outage_does_not_undo_or_hide_a_committed_decision(
+    staff_client, version_in_review, monkeypatch, django_capture_on_commit_callbacks
+):
+    """The notification callbacks are robust: a failing mail server is logged, the approval still stands."""
+    import smtplib
+
+    def refuse(*args, **kwargs):
+        raise smtplib.SMTPException("mail server down")
+
+    monkeypatch.setattr("moderation.emails.send_mail", refuse)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client.post(reverse("moderation:version-approve", args=[version_in_review.pk]), {"note": ""})
+    assert response.status_code == 302
+    version_in_review.refresh_from_db()
+    assert version_in_review.status == VersionStatus.PUBLISHED
+    assert mail.outbox == []
+
+
 def test_reject_without_reason_keeps_the_version_in_review(staff_client, version_in_review):
     detail = reverse("moderation:version-detail", args=[version_in_review.pk])
     response = staff_client.post(
