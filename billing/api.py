@@ -4,7 +4,7 @@ of the key's organization (``Authorization: Bearer smk_…``)."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import ApiKeyAccessMixin, request_api_key
-from accounts.models import Organization, User
+from accounts.models import Organization
 from accounts.selectors import organization_get_for_member
 from billing import checkout, pricing, selectors, services
 from billing.models import (
@@ -32,6 +32,7 @@ from billing.views import _checkout_urls, client_ip
 from catalog.publish_selectors import listing_get_for_manager
 from catalog.selectors import listing_get_public
 from marketplace.errors import ApplicationError, NotFound
+from marketplace.typing import request_user
 
 TAGS = ["billing"]
 
@@ -128,7 +129,7 @@ def _organization_for_request(request: Request, slug: str | None) -> Organizatio
             raise NotFound("No such organization.")
         return api_key.organization
     if slug:
-        organization = organization_get_for_member(user=cast(User, request.user), slug=slug)
+        organization = organization_get_for_member(user=request_user(request), slug=slug)
         if organization is None:
             raise NotFound("No such organization.")
         return organization
@@ -155,7 +156,7 @@ def _of_key_organization(request: Request, obj: _Owned | None, *, missing: str) 
 
 def _subscription_for_request(request: Request, subscription_id: int) -> Subscription:
     """A subscription of one of the user's organizations (of the key's, for a key); 404 otherwise."""
-    subscription = selectors.subscription_get_for_member(user=cast(User, request.user), subscription_id=subscription_id)
+    subscription = selectors.subscription_get_for_member(user=request_user(request), subscription_id=subscription_id)
     return _of_key_organization(request, subscription, missing="No such subscription.")
 
 
@@ -164,7 +165,7 @@ def _plan_for_manager(request: Request, plan_id: int) -> Plan:
     plan = selectors.plan_get(plan_id=plan_id)
     if plan is None:
         raise NotFound("No such plan.")
-    listing_get_for_manager(user=cast(User, request.user), slug=plan.listing.slug)
+    listing_get_for_manager(user=request_user(request), slug=plan.listing.slug)
     return plan
 
 
@@ -224,10 +225,10 @@ class ListingPlanListApi(APIView):
         responses={201: PlanOutput},
     )
     def post(self, request: Request, slug: str) -> Response:
-        listing = listing_get_for_manager(user=cast(User, request.user), slug=slug)
+        listing = listing_get_for_manager(user=request_user(request), slug=slug)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        plan = services.plan_create(listing=listing, user=cast(User, request.user), **serializer.validated_data)
+        plan = services.plan_create(listing=listing, user=request_user(request), **serializer.validated_data)
         return Response(PlanOutput(plan).data, status=status.HTTP_201_CREATED)
 
 
@@ -242,7 +243,7 @@ class PlanDeactivateApi(APIView):
     )
     def post(self, request: Request, plan_id: int) -> Response:
         plan = _plan_for_manager(request, plan_id)
-        plan = services.plan_deactivate(plan=plan, user=cast(User, request.user))
+        plan = services.plan_deactivate(plan=plan, user=request_user(request))
         return Response(PlanOutput(plan).data)
 
 
@@ -307,7 +308,7 @@ class SubscriptionListCreateApi(ApiKeyAccessMixin, APIView):
             )
         subscription = services.subscription_create(
             organization=organization,
-            user=cast(User, request.user),
+            user=request_user(request),
             plan=plan,
             accept_license=data["accept_license"],
             ip_address=client_ip(request._request),
@@ -329,7 +330,7 @@ class SubscriptionCancelApi(ApiKeyAccessMixin, APIView):
     )
     def post(self, request: Request, subscription_id: int) -> Response:
         subscription = _subscription_for_request(request, subscription_id)
-        subscription = services.subscription_cancel(subscription=subscription, user=cast(User, request.user))
+        subscription = services.subscription_cancel(subscription=subscription, user=request_user(request))
         return Response(SubscriptionOutput(subscription).data)
 
 
@@ -353,7 +354,7 @@ class PlanPriceChangeApi(APIView):
         plan = _plan_for_manager(request, plan_id)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        new = services.plan_price_change(plan=plan, user=cast(User, request.user), **serializer.validated_data)
+        new = services.plan_price_change(plan=plan, user=request_user(request), **serializer.validated_data)
         return Response(PlanOutput(new).data, status=status.HTTP_201_CREATED)
 
 
@@ -413,7 +414,7 @@ class CheckoutApi(ApiKeyAccessMixin, APIView):
         default_success, default_cancel = _checkout_urls(request._request)
         session = checkout.checkout_start(
             organization=organization,
-            user=cast(User, request.user),
+            user=request_user(request),
             plan=plan,
             accept_license=data["accept_license"],
             ip_address=client_ip(request._request),
@@ -433,7 +434,7 @@ class CheckoutDetailApi(ApiKeyAccessMixin, APIView):
     def get(self, request: Request, session_id: str) -> Response:
         session = _of_key_organization(
             request,
-            checkout.checkout_get_for_member(user=cast(User, request.user), session_id=session_id),
+            checkout.checkout_get_for_member(user=request_user(request), session_id=session_id),
             missing="No such checkout.",
         )
         return Response(CheckoutOutput(session, context={"request": request}).data)
@@ -476,7 +477,7 @@ class SubscriptionChangePlanApi(_SubscriptionActionApi):
             raise ApplicationError(
                 "No such plan on this listing.", code="invalid", fields={"plan": ["Choose one of the listing's plans."]}
             )
-        services.subscription_plan_change(subscription=subscription, user=cast(User, request.user), plan=plan)
+        services.subscription_plan_change(subscription=subscription, user=request_user(request), plan=plan)
         return self.answer(subscription)
 
 
@@ -486,7 +487,7 @@ class SubscriptionResumeApi(_SubscriptionActionApi):
     )
     def post(self, request: Request, subscription_id: int) -> Response:
         subscription = self.subscription(request, subscription_id)
-        services.subscription_resume(subscription=subscription, user=cast(User, request.user))
+        services.subscription_resume(subscription=subscription, user=request_user(request))
         return self.answer(subscription)
 
 
@@ -510,7 +511,7 @@ class SubscriptionAcceptTermsApi(_SubscriptionActionApi):
         serializer.is_valid(raise_exception=True)
         services.subscription_terms_accept(
             subscription=subscription,
-            user=cast(User, request.user),
+            user=request_user(request),
             accept_license=serializer.validated_data["accept_license"],
             terms_sha256=serializer.validated_data.get("terms_sha256") or None,
             ip_address=client_ip(request._request),

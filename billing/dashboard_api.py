@@ -3,7 +3,7 @@ owners and admins set or remove them. Management API keys of the organization ar
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers
@@ -13,10 +13,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import ApiKeyAccessMixin
-from accounts.models import ApiKey, Organization, User
+from accounts.models import ApiKey, Organization
 from accounts.selectors import organization_get_for_member
 from billing import spend_caps
 from marketplace.errors import ApplicationError, NotFound
+from marketplace.typing import request_user
 
 TAGS = ["billing"]
 
@@ -43,7 +44,7 @@ class SpendCapOutput(serializers.Serializer):
 
 
 def _organization(request: Request, slug: str) -> Organization:
-    organization = organization_get_for_member(user=cast(User, request.user), slug=slug)
+    organization = organization_get_for_member(user=request_user(request), slug=slug)
     if organization is None:
         raise NotFound("No such organization.")
     return organization
@@ -95,7 +96,7 @@ class SpendCapsApi(ApiKeyAccessMixin, APIView):
                 raise ApplicationError(
                     "No such API key in this organization.", code="invalid", fields={"api_key": ["Unknown key."]}
                 )
-        user = cast(User, request.user)
+        user = request_user(request)
         if data["monthly_limit_cents"] is None:
             spend_caps.spend_cap_remove(organization=organization, user=user, api_key=api_key)
         else:

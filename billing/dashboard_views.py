@@ -4,7 +4,6 @@ billing.platform (writes). The buyer's part lives on /billing/ through the ``buy
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import cast
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -13,19 +12,16 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
-from accounts.models import ApiKey, Organization, User
+from accounts.models import ApiKey, Organization
 from accounts.selectors import organization_get_for_member, user_can_manage
 from billing import dashboards, platform, spend_caps
 from marketplace.errors import ApplicationError
-
-
-def _user(request: HttpRequest) -> User:
-    return cast(User, request.user)
+from marketplace.typing import request_user
 
 
 def _organization_managed(request: HttpRequest, slug: str | None) -> Organization:
     """The organization named by ``slug`` (else the one the user acts for), if the user manages it; else 404."""
-    user = _user(request)
+    user = request_user(request)
     organization: Organization | None = getattr(request, "organization", None)
     if slug:
         organization = organization_get_for_member(user=user, slug=slug)
@@ -65,7 +61,7 @@ def platform_fee_update(request: HttpRequest) -> HttpResponse:
     _require_staff(request)
     try:
         row = platform.platform_fee_set(
-            user=_user(request), platform_fee_percent=request.POST.get("platform_fee_percent", "").strip()
+            user=request_user(request), platform_fee_percent=request.POST.get("platform_fee_percent", "").strip()
         )
     except ApplicationError as exc:
         messages.error(request, " ".join(sum(exc.fields.values(), [])) or exc.message)
@@ -112,7 +108,7 @@ def spend_cap_save(request: HttpRequest) -> HttpResponse:
         return redirect(_caps_page(organization))
     try:
         spend_caps.spend_cap_set(
-            organization=organization, user=_user(request), monthly_limit_cents=cents, api_key=api_key
+            organization=organization, user=request_user(request), monthly_limit_cents=cents, api_key=api_key
         )
     except ApplicationError as exc:
         messages.error(request, "The cap must be between $0.01 and $1,000,000,000." if exc.fields else exc.message)
@@ -128,7 +124,7 @@ def spend_cap_remove(request: HttpRequest) -> HttpResponse:
     organization = _organization_managed(request, request.POST.get("organization"))
     api_key = _api_key(organization, request.POST.get("api_key", ""))
     try:
-        removed = spend_caps.spend_cap_remove(organization=organization, user=_user(request), api_key=api_key)
+        removed = spend_caps.spend_cap_remove(organization=organization, user=request_user(request), api_key=api_key)
     except ApplicationError as exc:
         messages.error(request, exc.message)
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -12,18 +11,19 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
-from accounts.models import Organization, User
+from accounts.models import Organization
 from accounts.selectors import organization_get_for_member, user_can_manage
 from billing import payouts as payout_services
 from billing.pricing import money_format
 from marketplace.errors import ApplicationError
+from marketplace.typing import request_user
 
 
 def _organization(request: HttpRequest) -> Organization | None:
     """The organization the user acts for, or ``?organization=<slug>`` (404 when not a member)."""
     slug = request.GET.get("organization") or request.POST.get("organization")
     if slug:
-        organization = organization_get_for_member(user=cast(User, request.user), slug=slug)
+        organization = organization_get_for_member(user=request_user(request), slug=slug)
         if organization is None:
             raise Http404("No such organization.")
         return organization
@@ -39,7 +39,7 @@ def _onboarding_redirect(request: HttpRequest, organization: Organization) -> Ht
     try:
         url = payout_services.publisher_account_onboarding_link(
             organization=organization,
-            user=cast(User, request.user),
+            user=request_user(request),
             return_url=request.build_absolute_uri(_page_url(organization, onboarding="return")),
             refresh_url=request.build_absolute_uri(refresh),
         )
@@ -73,7 +73,7 @@ def payouts(request: HttpRequest) -> HttpResponse:
             )
         ],
         "can_manage": organization is not None
-        and user_can_manage(user=cast(User, request.user), organization=organization),
+        and user_can_manage(user=request_user(request), organization=organization),
     }
     return render(request, "billing/payouts.html", context)
 

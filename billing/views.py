@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import cast
 
 from django.conf import settings
 from django.contrib import messages
@@ -16,7 +15,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from accounts.models import Organization, User
+from accounts.models import Organization
 from accounts.selectors import organization_get_for_member, user_can_manage
 from billing import checkout, pricing, selectors, services, webhooks
 from billing.forms import (
@@ -33,12 +32,9 @@ from catalog.publish_selectors import listing_get_for_manager
 from catalog.selectors import listing_get_public
 from marketplace.errors import ApplicationError, NotFound, error_response
 from marketplace.integrations import stripe as payments
+from marketplace.typing import request_user
 
 logger = logging.getLogger(__name__)
-
-
-def _user(request: HttpRequest) -> User:
-    return cast(User, request.user)
 
 
 def client_ip(request: HttpRequest) -> str | None:
@@ -57,7 +53,7 @@ def _listing_page(slug: str) -> str:
 @require_safe
 def subscriptions(request: HttpRequest) -> HttpResponse:
     """The subscriptions of the organization the user acts for (or of ``?organization=<slug>``)."""
-    user = _user(request)
+    user = request_user(request)
     organization: Organization | None = getattr(request, "organization", None)
     slug = request.GET.get("organization")
     if slug:
@@ -113,7 +109,7 @@ def subscribe(request: HttpRequest, slug: str) -> HttpResponse:
     try:
         session = checkout.checkout_start(
             organization=organization,
-            user=_user(request),
+            user=request_user(request),
             plan=plan,
             accept_license=form.cleaned_data["accept_license"],
             ip_address=client_ip(request),
@@ -149,7 +145,7 @@ def _safe_return(request: HttpRequest, url: str | None, fallback: str) -> str:
 @require_http_methods(["GET", "POST"])
 def checkout_local(request: HttpRequest, session_id: str) -> HttpResponse:
     """The local backend's checkout page: the plan, the terms being accepted, a test card form."""
-    session = checkout.checkout_get_for_member(user=_user(request), session_id=session_id)
+    session = checkout.checkout_get_for_member(user=request_user(request), session_id=session_id)
     if session is None or session.backend != "local":
         raise Http404("No such checkout.")
     fallback = reverse("billing:subscriptions") + f"?organization={session.organization.slug}"
@@ -164,7 +160,7 @@ def checkout_local(request: HttpRequest, session_id: str) -> HttpResponse:
         try:
             checkout.checkout_local_pay(
                 session_id=session.session_id,
-                user=_user(request),
+                user=request_user(request),
                 card_number=form.cleaned_data["card_number"],
                 ip_address=client_ip(request),
             )
@@ -197,7 +193,7 @@ def checkout_local(request: HttpRequest, session_id: str) -> HttpResponse:
 def checkout_success(request: HttpRequest) -> HttpResponse:
     """Where checkout returns after paying. The subscription starts from the payment provider's webhook,
     not here: this page waits for it ("Confirming payment…") and polls the checkout's status."""
-    session = checkout.checkout_get_for_member(user=_user(request), session_id=request.GET.get("session_id", ""))
+    session = checkout.checkout_get_for_member(user=request_user(request), session_id=request.GET.get("session_id", ""))
     if session is None:
         raise Http404("No such checkout.")
     context = {
@@ -211,7 +207,7 @@ def checkout_success(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_safe
 def checkout_status(request: HttpRequest, session_id: str) -> JsonResponse:
-    session = checkout.checkout_get_for_member(user=_user(request), session_id=session_id)
+    session = checkout.checkout_get_for_member(user=request_user(request), session_id=session_id)
     if session is None:
         return error_response("not_found", "No such checkout.", 404)
     return JsonResponse(
@@ -231,7 +227,7 @@ def checkout_cancel(request: HttpRequest) -> HttpResponse:
     session = None
     if raw.isdigit():
         found = selectors.checkout_get(checkout_id=int(raw))
-        if found is not None and user_can_manage(user=_user(request), organization=found.organization):
+        if found is not None and user_can_manage(user=request_user(request), organization=found.organization):
             session = found
     if session is None:
         raise Http404("No such checkout.")
@@ -274,11 +270,11 @@ def stripe_connect_webhook(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def subscription_cancel(request: HttpRequest, subscription_id: int) -> HttpResponse:
-    subscription = selectors.subscription_get_for_member(user=_user(request), subscription_id=subscription_id)
+    subscription = selectors.subscription_get_for_member(user=request_user(request), subscription_id=subscription_id)
     if subscription is None:
         raise Http404("No such subscription.")
     try:
-        services.subscription_cancel(subscription=subscription, user=_user(request))
+        services.subscription_cancel(subscription=subscription, user=request_user(request))
     except ApplicationError as exc:
         messages.error(request, exc.message)
     else:
@@ -303,7 +299,7 @@ def _back(request: HttpRequest, subscription: object) -> HttpResponse:
 
 
 def _member_subscription(request: HttpRequest, subscription_id: int):  # noqa: ANN202
-    subscription = selectors.subscription_get_for_member(user=_user(request), subscription_id=subscription_id)
+    subscription = selectors.subscription_get_for_member(user=request_user(request), subscription_id=subscription_id)
     if subscription is None:
         raise Http404("No such subscription.")
     return subscription
@@ -314,7 +310,7 @@ def _member_subscription(request: HttpRequest, subscription_id: int):  # noqa: A
 def subscription_resume(request: HttpRequest, subscription_id: int) -> HttpResponse:
     subscription = _member_subscription(request, subscription_id)
     try:
-        services.subscription_resume(subscription=subscription, user=_user(request))
+        services.subscription_resume(subscription=subscription, user=request_user(request))
     except ApplicationError as exc:
         messages.error(request, exc.message)
     else:
@@ -333,7 +329,7 @@ def subscription_change_plan(request: HttpRequest, subscription_id: int) -> Http
         messages.error(request, "Choose one of the listing's plans.")
         return _back(request, subscription)
     try:
-        changed = services.subscription_plan_change(subscription=subscription, user=_user(request), plan=plan)
+        changed = services.subscription_plan_change(subscription=subscription, user=request_user(request), plan=plan)
     except ApplicationError as exc:
         if exc.code != "checkout_required":
             messages.error(request, exc.message)
@@ -344,7 +340,7 @@ def subscription_change_plan(request: HttpRequest, subscription_id: int) -> Http
         try:
             session = checkout.checkout_start(
                 organization=subscription.organization,
-                user=_user(request),
+                user=request_user(request),
                 plan=plan,
                 accept_license=True,
                 ip_address=client_ip(request),
@@ -377,7 +373,7 @@ def subscription_accept_terms(request: HttpRequest, subscription_id: int) -> Htt
     try:
         services.subscription_terms_accept(
             subscription=subscription,
-            user=_user(request),
+            user=request_user(request),
             accept_license=bool(form.cleaned_data.get("accept_license")),
             terms_sha256=form.cleaned_data.get("terms_sha256") or None,
             ip_address=client_ip(request),
@@ -400,7 +396,7 @@ def _manage_page(slug: str) -> str:
 @require_POST
 def plan_create(request: HttpRequest, slug: str) -> HttpResponse:
     try:
-        listing = listing_get_for_manager(user=_user(request), slug=slug)
+        listing = listing_get_for_manager(user=request_user(request), slug=slug)
     except NotFound as exc:
         raise Http404(exc.message) from exc
     form = PlanCreateForm(request.POST)
@@ -413,7 +409,7 @@ def plan_create(request: HttpRequest, slug: str) -> HttpResponse:
         messages.error(request, errors or "Check the plan's fields.")
         return redirect(_manage_page(slug))
     try:
-        plan = services.plan_create(listing=listing, user=_user(request), **form.service_kwargs())
+        plan = services.plan_create(listing=listing, user=request_user(request), **form.service_kwargs())
     except ApplicationError as exc:
         messages.error(request, exc.message)
     else:
@@ -427,7 +423,7 @@ def _plan_managed(request: HttpRequest, plan_id: int) -> tuple[Plan, Listing]:
     if plan is None:
         raise Http404("No such plan.")
     try:
-        listing = listing_get_for_manager(user=_user(request), slug=plan.listing.slug)
+        listing = listing_get_for_manager(user=request_user(request), slug=plan.listing.slug)
     except NotFound as exc:
         raise Http404(exc.message) from exc
     return plan, listing
@@ -438,7 +434,7 @@ def _plan_managed(request: HttpRequest, plan_id: int) -> tuple[Plan, Listing]:
 def plan_deactivate(request: HttpRequest, plan_id: int) -> HttpResponse:
     plan, listing = _plan_managed(request, plan_id)
     try:
-        services.plan_deactivate(plan=plan, user=_user(request))
+        services.plan_deactivate(plan=plan, user=request_user(request))
     except ApplicationError as exc:
         messages.error(request, exc.message)
     else:
@@ -459,7 +455,7 @@ def plan_price_change(request: HttpRequest, plan_id: int) -> HttpResponse:
     try:
         new = services.plan_price_change(
             plan=plan,
-            user=_user(request),
+            user=request_user(request),
             monthly_price_cents=(
                 None
                 if data.get("monthly_price") is None

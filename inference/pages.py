@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime, timedelta
 from datetime import time as dt_time
-from typing import Any, cast
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
@@ -13,10 +13,11 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 
-from accounts.models import Organization, User
+from accounts.models import Organization
 from accounts.selectors import organization_get_for_member
 from inference.charts import daily_chart
 from inference.selectors import usage_by_day, usage_totals
+from marketplace.typing import request_user
 
 PERIODS = (7, 30, 90)
 DEFAULT_PERIOD = 30
@@ -71,7 +72,7 @@ def usage_context(*, organization: Organization, days: int) -> dict[str, Any]:
 def usage(request: HttpRequest) -> HttpResponse:
     """The usage of the organization the user acts for (or of ``?organization=<slug>``, 404 unless a member),
     over the last 7, 30 or 90 days (``?days=``)."""
-    user = cast(User, request.user)
+    user = request_user(request)
     organization: Organization | None = getattr(request, "organization", None)
     slug = request.GET.get("organization")
     if slug:
