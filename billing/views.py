@@ -30,7 +30,7 @@ from billing.models import CheckoutStatus, Plan
 from catalog.models import Listing
 from catalog.publish_selectors import listing_get_for_manager
 from catalog.selectors import listing_get_public
-from marketplace.errors import ApplicationError, NotFound, error_response
+from marketplace.errors import ApplicationError, error_response, or_404
 from marketplace.integrations import stripe as payments
 from marketplace.typing import request_user
 
@@ -395,10 +395,7 @@ def _manage_page(slug: str) -> str:
 @login_required
 @require_POST
 def plan_create(request: HttpRequest, slug: str) -> HttpResponse:
-    try:
-        listing = listing_get_for_manager(user=request_user(request), slug=slug)
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
+    listing = or_404(listing_get_for_manager, user=request_user(request), slug=slug)
     form = PlanCreateForm(request.POST)
     if not form.is_valid():
         errors = "; ".join(
@@ -422,10 +419,7 @@ def _plan_managed(request: HttpRequest, plan_id: int) -> tuple[Plan, Listing]:
     plan = selectors.plan_get(plan_id=plan_id)
     if plan is None:
         raise Http404("No such plan.")
-    try:
-        listing = listing_get_for_manager(user=request_user(request), slug=plan.listing.slug)
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
+    listing = or_404(listing_get_for_manager, user=request_user(request), slug=plan.listing.slug)
     return plan, listing
 
 

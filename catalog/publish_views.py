@@ -29,7 +29,7 @@ from catalog.publish_selectors import (
     version_list_for_listing,
 )
 from catalog.templatetags.catalog_tags import ms
-from marketplace.errors import ApplicationError, NotFound
+from marketplace.errors import ApplicationError, or_404
 from marketplace.typing import request_user
 
 # How the validation report's metrics read on the version page, in this order; unknown keys follow.
@@ -45,17 +45,11 @@ METRIC_LABELS = {
 
 
 def _listing_or_404(request: HttpRequest, slug: str) -> Listing:
-    try:
-        return listing_get_for_manager(user=request_user(request), slug=slug)
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
+    return or_404(listing_get_for_manager, user=request_user(request), slug=slug)
 
 
 def _version_or_404(request: HttpRequest, version_id: int) -> Version:
-    try:
-        return version_get_for_manager(user=request_user(request), version_id=version_id)
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
+    return or_404(version_get_for_manager, user=request_user(request), version_id=version_id)
 
 
 @login_required

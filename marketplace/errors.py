@@ -7,7 +7,8 @@ field names to lists of messages for invalid input.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -53,6 +54,17 @@ class Forbidden(ApplicationError):
 class Conflict(ApplicationError):
     status = 409
     code = "conflict"
+
+
+_T = TypeVar("_T")
+
+
+def or_404(get: Callable[..., _T], **lookup: Any) -> _T:
+    """Call a selector that raises NotFound; on an HTML page that is a plain 404."""
+    try:
+        return get(**lookup)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
 
 
 def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:

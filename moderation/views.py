@@ -24,7 +24,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.forms import form_add_application_error
 from catalog.models import ListingStatus, VersionStatus
 from catalog.states import version_can_move
-from marketplace.errors import ApplicationError, NotFound
+from marketplace.errors import ApplicationError, or_404
 from moderation import selectors, services
 from moderation.emails import listing_page_url
 from moderation.models import AuditAction, ReportReason, ReportStatus
@@ -171,14 +171,6 @@ def _decorate(version: Any) -> Any:
     return version
 
 
-def _or_404(get: Callable[..., T], **lookup: Any) -> T:
-    """Call a selector that raises NotFound; on a page that is a plain 404."""
-    try:
-        return get(**lookup)
-    except NotFound as exc:
-        raise Http404(exc.message) from exc
-
-
 def _page(request: HttpRequest, qs: Any, per_page: int) -> Any:
     return Paginator(qs, per_page).get_page(request.GET.get("page"))
 
@@ -205,7 +197,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 @staff_required
 def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _decorate(_or_404(selectors.version_get_for_review, version_id=version_id))
+    version = _decorate(or_404(selectors.version_get_for_review, version_id=version_id))
     return render(
         request,
         "moderation/version_detail.html",
@@ -221,7 +213,7 @@ def version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
 @require_POST
 @staff_required
 def version_approve(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _or_404(selectors.version_get_for_review, version_id=version_id)
+    version = or_404(selectors.version_get_for_review, version_id=version_id)
 
     def act(data: dict[str, Any]) -> str:
         done = services.version_approve(version=version, actor=request.user, note=data["note"])
@@ -233,7 +225,7 @@ def version_approve(request: HttpRequest, version_id: int) -> HttpResponse:
 @require_POST
 @staff_required
 def version_reject(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _or_404(selectors.version_get_for_review, version_id=version_id)
+    version = or_404(selectors.version_get_for_review, version_id=version_id)
 
     def act(data: dict[str, Any]) -> str:
         done = services.version_reject(version=version, actor=request.user, reason=data["reason"])
@@ -246,7 +238,7 @@ def version_reject(request: HttpRequest, version_id: int) -> HttpResponse:
 @require_POST
 @staff_required
 def version_take_down(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _or_404(selectors.version_get_for_review, version_id=version_id)
+    version = or_404(selectors.version_get_for_review, version_id=version_id)
 
     def act(data: dict[str, Any]) -> str:
         done = services.version_take_down(version=version, actor=request.user, reason=data["reason"])
@@ -276,7 +268,7 @@ def listing_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 @staff_required
 def listing_suspend(request: HttpRequest, slug: str) -> HttpResponse:
-    listing = _or_404(selectors.listing_get_for_moderation, slug=slug)
+    listing = or_404(selectors.listing_get_for_moderation, slug=slug)
 
     def act(data: dict[str, Any]) -> str:
         done = services.listing_suspend(listing=listing, actor=request.user, reason=data["reason"])
@@ -288,7 +280,7 @@ def listing_suspend(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 @staff_required
 def listing_reinstate(request: HttpRequest, slug: str) -> HttpResponse:
-    listing = _or_404(selectors.listing_get_for_moderation, slug=slug)
+    listing = or_404(selectors.listing_get_for_moderation, slug=slug)
 
     def act(data: dict[str, Any]) -> str:
         done = services.listing_reinstate(listing=listing, actor=request.user, note=data["note"])
@@ -300,7 +292,7 @@ def listing_reinstate(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 @staff_required
 def listing_feature(request: HttpRequest, slug: str) -> HttpResponse:
-    listing = _or_404(selectors.listing_get_for_moderation, slug=slug)
+    listing = or_404(selectors.listing_get_for_moderation, slug=slug)
 
     def act(data: dict[str, Any]) -> str:
         done = services.listing_feature(listing=listing, actor=request.user, featured=data["featured"])
@@ -328,7 +320,7 @@ def report_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 @staff_required
 def report_resolve(request: HttpRequest, report_id: int) -> HttpResponse:
-    report = _or_404(selectors.report_get, report_id=report_id)
+    report = or_404(selectors.report_get, report_id=report_id)
 
     def act(data: dict[str, Any]) -> str:
         done = services.report_resolve(
@@ -374,7 +366,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @login_required
 def report_listing(request: HttpRequest, slug: str) -> HttpResponse:
-    listing = _or_404(selectors.listing_get_reportable, slug=slug)
+    listing = or_404(selectors.listing_get_reportable, slug=slug)
     listing_url = listing_page_url(listing=listing)
     status = 200
     form = ReportForm(request.POST or None)
