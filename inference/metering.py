@@ -20,6 +20,8 @@ import json
 import logging
 import math
 import os
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -28,6 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import redis
+import redis.connection
 from django.conf import settings
 
 from inference.usage_spool import UsageSpool, usage_spool_get
@@ -211,9 +215,30 @@ return 0
 """
 
 
+class _KernelTimeoutConnection(redis.connection.Connection):
+    """A TCP connection whose socket blocks, its timeouts enforced by the kernel (SO_SNDTIMEO, SO_RCVTIMEO).
+
+    Python waits in poll() before every send and receive on a socket that has a timeout: a command then makes
+    four system calls, each releasing the GIL, and with a web process's threads busy each release hands the GIL to
+    another thread and waits to get it back (measured: about six context switches a call more than with a
+    blocking socket). A blocking socket makes it two. A timeout surfaces as EAGAIN, which redis-py reports as a
+    ConnectionError, as it does a timeout: the caller's policy (one retry, then 503) is the same.
+    """
+
+    def _connect(self) -> socket.socket:
+        sock = super()._connect()
+        timeout = self.socket_timeout
+        if timeout:
+            sock.settimeout(None)
+            seconds = int(timeout)
+            interval = struct.pack("@ll", seconds, int((timeout - seconds) * 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+        return sock
+
+
 class RedisMetering:
-    def __init__(self, url: str) -> None:
-        import redis
+    def __init__(self, url: str, *, timeout_s: float = 2.0) -> None:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -222,7 +247,7 @@ class RedisMetering:
         # down a call must fail fast with 503, not hang.
         self.client = redis.Redis.from_url(
             url,
-            socket_timeout=2.0,
+            socket_timeout=timeout_s,
             socket_connect_timeout=0.5,
             retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
@@ -231,16 +256,21 @@ class RedisMetering:
         self._claim = self.client.register_script(_CLAIM_LUA)
         self._unlock = self.client.register_script(_UNLOCK_LUA)
         self._local = threading.local()
+        self._spool: tuple[int, object, UsageSpool] | None = None
 
     def _connection(self) -> Any:
         """This thread's own connection for the hot path's commands. redis-py's pool polls every connection it
         hands out for unread data (a syscall) and wraps each command in retry and observability layers: together
-        about 25 µs of CPU a command, a good part of what metering costs a call."""
+        about 25 µs of CPU a command, a good part of what metering costs a call. Over TCP its socket blocks, with
+        the kernel enforcing the timeouts (``_KernelTimeoutConnection``)."""
         local = self._local
         pid = os.getpid()
         if getattr(local, "pid", None) != pid:  # none yet in this thread, or inherited across a fork
             pool = self.client.connection_pool
-            local.conn = pool.connection_class(**pool.connection_kwargs)
+            cls = pool.connection_class
+            if cls is redis.connection.Connection:
+                cls = _KernelTimeoutConnection
+            local.conn = cls(**pool.connection_kwargs)
             local.pid = pid
         return local.conn
 
@@ -248,7 +278,6 @@ class RedisMetering:
         """One command on this thread's connection, with the client's policy: one retry on a connection error or
         a timeout (a connection may be stale after a Redis restart), any other failure raises
         MeteringUnavailable. A NOSCRIPT error is passed on for the caller to load the script."""
-        import redis
         from redis.exceptions import NoScriptError
 
         conn = self._connection()
@@ -285,8 +314,6 @@ class RedisMetering:
             raise MeteringUnavailable() from exc
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        import redis
-
         try:
             return fn(*args, **kwargs)
         except redis.RedisError as exc:
@@ -374,9 +401,14 @@ class RedisMetering:
         self._call(pipe.execute)
 
     def spool(self) -> UsageSpool:
-        return usage_spool_get(
-            directory=Path(settings.USAGE_SPOOL_DIR), store=self.url, push=self._usage_push, write=_usage_write
-        )
+        """This process's spool, remembered per directory setting (a lookup costs a Path and a dict key a call)."""
+        directory, pid = settings.USAGE_SPOOL_DIR, os.getpid()
+        remembered = self._spool
+        if remembered is not None and remembered[0] == pid and remembered[1] == directory:
+            return remembered[2]
+        spool = usage_spool_get(directory=Path(directory), store=self.url, push=self._usage_push, write=_usage_write)
+        self._spool = (pid, directory, spool)
+        return spool
 
     def _usage_push(self, lines: list[bytes]) -> None:
         self._call(self.client.rpush, USAGE_BUFFER, *lines)
@@ -393,8 +425,6 @@ class RedisMetering:
         self._call(pipe.execute)
 
     def ping(self) -> bool:
-        import redis
-
         try:
             return bool(self.client.ping())
         except redis.RedisError:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -294,6 +294,13 @@ def _observe(call: _Call | None, slug: str, status: int, started: float) -> None
     )
 
 
+def request_id_new() -> str:
+    """A new request id: 128 random bits in 32 hex digits, as ``uuid4().hex`` gives, but from Python's generator
+    (seeded by the OS at start and again in every forked child) instead of os.urandom, a system call that
+    releases the GIL: with a web process's threads busy, one point fewer a call where the GIL changes hands."""
+    return f"{random.getrandbits(128):032x}"
+
+
 # --- health and metadata --------------------------------------------------------------------------
 
 
@@ -473,7 +480,7 @@ def _error_record(call: _Call, exc: ApplicationError, admission: Admission | Non
 @csrf_exempt
 def model_infer(request: HttpRequest, listing: str, version: str | None = None) -> HttpResponse:
     started = time.perf_counter()
-    request_id = uuid.uuid4().hex
+    request_id = request_id_new()
     if request.method != "POST":
         return _method_not_allowed("POST")
     max_body = settings.INFERENCE_MAX_BODY_BYTES

@@ -7,6 +7,7 @@ anything else, and failed calls after authentication counted as InferenceError r
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from catalog.models import ListingStatus
 from catalog.services import version_withdraw
 from inference.models import InferenceError, UsageRecord
 from inference.services import usage_flush
+from inference.views import request_id_new
 from tests.catalog.factories import ListingFactory
 from tests.inference.api_support import add_version, buyer_create, caches_clear, metering_keys_clear, publish_model
 from tests.inference.onnx_factories import helper, model_bytes, onnx_classifier_bytes, onnx_identity_bytes
@@ -143,6 +145,23 @@ def test_infer_json_returns_outputs_usage_and_one_usage_record(client, buyer, ir
     assert (record.listing_id, record.version_id, record.units) == (iris.listing_id, iris.pk, 2)
     assert record.provider == "CPUExecutionProvider"
     assert record.compute_ms == pytest.approx(usage["compute_ms"], abs=1e-3)
+
+
+def test_request_ids_are_new_in_a_forked_child():
+    """Request ids come from Python's generator, not the OS: a forked web worker must not repeat its parent's
+    (the random module reseeds in the child; the usage ledger drops a repeated id as a duplicate)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write one id and leave at once (no pytest teardown in the child)
+        os.write(write_end, request_id_new().encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as stream:
+        child_id = stream.read().decode()
+    parent_ids = {request_id_new() for _ in range(3)}
+    assert len(child_id) == 32 and int(child_id, 16) >= 0
+    assert child_id not in parent_ids and len(parent_ids) == 3
 
 
 def test_requested_outputs_only(client, buyer):

@@ -4,6 +4,7 @@ quotas seeded from the ledger, idempotency, refunds, and the buffered usage flus
 from __future__ import annotations
 
 import socket
+import struct
 import time
 import uuid
 from datetime import timedelta
@@ -264,6 +265,32 @@ def test_redis_down_fails_closed_and_fast():
     assert info.value.status == 503 and info.value.code == "metering_unavailable" and info.value.retry_after > 0
     assert time.monotonic() - started < 2
     assert backend.ping() is False
+
+
+def test_a_redis_that_never_answers_fails_closed_within_the_timeout():
+    """Connections are accepted (the kernel completes them from the backlog) but nothing is ever read or answered:
+    the hot path's blocking socket gives up after the kernel's timeout, once, then once more, and the call is a
+    503, not a hang."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        backend = RedisMetering(f"redis://127.0.0.1:{listener.getsockname()[1]}/0", timeout_s=0.3)
+        started = time.monotonic()
+        with pytest.raises(metering.MeteringUnavailable):
+            backend.admit(_admission())
+        assert 0.3 <= time.monotonic() - started < 3
+
+
+def test_the_hot_path_socket_blocks_with_kernel_timeouts(settings):
+    """One send and one receive a command, no poll() before each (see _KernelTimeoutConnection), yet the timeout
+    still holds: it is the socket's SO_RCVTIMEO and SO_SNDTIMEO."""
+    backend = RedisMetering(settings.INFERENCE_REDIS_URL, timeout_s=1.5)
+    assert backend.admit(_admission()).admitted
+    sock = backend._connection()._sock
+    assert sock.gettimeout() is None
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        seconds, microseconds = struct.unpack("@ll", sock.getsockopt(socket.SOL_SOCKET, option, 16))
+        assert (seconds, microseconds) == (1, 500_000)
 
 
 def test_the_backend_follows_the_settings():
