@@ -15,6 +15,7 @@ from django.db.models import Case, IntegerField, Prefetch, Q, QuerySet, Value, W
 from django.utils import timezone
 
 from accounts.models import MANAGER_ROLES, ApiKey, Invitation, Membership, Organization, Role, User
+from marketplace.ttl_cache import TtlCache
 
 
 def organization_list_for_user(*, user: User) -> QuerySet[Organization]:
@@ -91,8 +92,9 @@ API_KEY_RE = re.compile(r"smk_([a-z0-9]{12})_([A-Za-z0-9_-]{32,128})")
 # How long a process trusts its copy of a key row: a revoke takes effect everywhere within this.
 API_KEY_CACHE_TTL_S = 1.0
 API_KEY_CACHE_MAX_ENTRIES = 50_000
-_api_key_cache: dict[str, tuple[float, ApiKey | None]] = {}
-_api_key_cache_lock = threading.Lock()
+_api_key_cache: TtlCache[str, ApiKey | None] = TtlCache(
+    ttl_s=API_KEY_CACHE_TTL_S, max_entries=API_KEY_CACHE_MAX_ENTRIES
+)
 
 
 def api_key_parse(*, raw_key: str) -> tuple[str, str] | None:
@@ -128,11 +130,7 @@ def _api_key_load(*, public_id: str) -> ApiKey | None:
 
 def api_key_cache_forget(*, public_id: str | None = None) -> None:
     """Drop one cached key (or all): the next authenticate reads the database."""
-    with _api_key_cache_lock:
-        if public_id is None:
-            _api_key_cache.clear()
-        else:
-            _api_key_cache.pop(public_id, None)
+    _api_key_cache.forget(public_id)
 
 
 def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
@@ -149,16 +147,7 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     if parsed is None:
         return None
     public_id = parsed[0]
-    now_mono = time.monotonic()
-    cached = _api_key_cache.get(public_id)
-    if cached is not None and now_mono - cached[0] < API_KEY_CACHE_TTL_S:
-        api_key = cached[1]
-    else:
-        api_key = _api_key_load(public_id=public_id)
-        with _api_key_cache_lock:
-            if len(_api_key_cache) >= API_KEY_CACHE_MAX_ENTRIES:
-                _api_key_cache.clear()
-            _api_key_cache[public_id] = (now_mono, api_key)
+    api_key = _api_key_cache.get(public_id, lambda: _api_key_load(public_id=public_id))
     if api_key is None or not hmac.compare_digest(api_key.secret_hash, api_key_hash(raw_key=raw_key)):
         return None
     return api_key if api_key_status(api_key=api_key) == "active" else None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,14 +23,16 @@ from billing.models import (
     SubscriptionStatus,
 )
 from catalog.models import Listing
+from marketplace.ttl_cache import TtlCache
 
 # --- entitlement (the hot path) ----------------------------------------------------------------
 
 # How long a process trusts its answer for (organization, listing): a cancel lands everywhere within this.
 ENTITLEMENT_CACHE_TTL_S = 1.0
 ENTITLEMENT_CACHE_MAX_ENTRIES = 50_000
-_entitled_cache: dict[tuple[int, int], tuple[float, Subscription | None]] = {}
-_entitled_cache_lock = threading.Lock()
+_entitled_cache: TtlCache[tuple[int, int], Subscription | None] = TtlCache(
+    ttl_s=ENTITLEMENT_CACHE_TTL_S, max_entries=ENTITLEMENT_CACHE_MAX_ENTRIES
+)
 
 
 # Statuses that may entitle: canceled ones keep their paid period, past-due ones their grace period.
@@ -70,11 +70,7 @@ def subscription_is_entitled(*, subscription: Subscription, now: datetime | None
 
 def subscription_entitled_cache_forget(*, organization_id: int | None = None, listing_id: int | None = None) -> None:
     """Drop one cached answer (or all, called without arguments)."""
-    with _entitled_cache_lock:
-        if organization_id is None or listing_id is None:
-            _entitled_cache.clear()
-        else:
-            _entitled_cache.pop((organization_id, listing_id), None)
+    _entitled_cache.forget(None if organization_id is None or listing_id is None else (organization_id, listing_id))
 
 
 def subscription_entitled_get(*, organization_id: int, listing_id: int) -> Subscription | None:
@@ -84,17 +80,10 @@ def subscription_entitled_get(*, organization_id: int, listing_id: int) -> Subsc
     for at most ``ENTITLEMENT_CACHE_TTL_S``; the period end is checked on every call. The returned row
     is shared between requests of this process: read it, never change it.
     """
-    key = (organization_id, listing_id)
-    now_mono = time.monotonic()
-    cached = _entitled_cache.get(key)
-    if cached is not None and now_mono - cached[0] < ENTITLEMENT_CACHE_TTL_S:
-        subscription = cached[1]
-    else:
-        subscription = _entitled_load(organization_id=organization_id, listing_id=listing_id)
-        with _entitled_cache_lock:
-            if len(_entitled_cache) >= ENTITLEMENT_CACHE_MAX_ENTRIES:
-                _entitled_cache.clear()
-            _entitled_cache[key] = (now_mono, subscription)
+    subscription = _entitled_cache.get(
+        (organization_id, listing_id),
+        lambda: _entitled_load(organization_id=organization_id, listing_id=listing_id),
+    )
     if subscription is None or not subscription_is_entitled(subscription=subscription):
         return None
     return subscription

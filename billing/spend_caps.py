@@ -40,6 +40,7 @@ from accounts.models import ApiKey, Organization, User
 from accounts.selectors import user_can_manage
 from billing.models import SpendCap
 from marketplace.errors import ApplicationError, Forbidden
+from marketplace.ttl_cache import TtlCache
 from moderation.audit import audit_log_write
 from moderation.models import AuditAction
 
@@ -112,8 +113,7 @@ class OrganizationCaps:
         return self.organization_cents is None and not self.by_key
 
 
-_caps_cache: dict[int, tuple[float, OrganizationCaps]] = {}
-_caps_cache_lock = threading.Lock()
+_caps_cache: TtlCache[int, OrganizationCaps] = TtlCache(ttl_s=CAPS_CACHE_TTL_S, max_entries=CAPS_CACHE_MAX_ENTRIES)
 
 
 def _caps_load(*, organization_id: int) -> OrganizationCaps:
@@ -135,25 +135,12 @@ def _caps_load(*, organization_id: int) -> OrganizationCaps:
 
 def spend_caps_cached(*, organization_id: int) -> OrganizationCaps:
     """The organization's caps, at most ``CAPS_CACHE_TTL_S`` old. Shared between requests: read only."""
-    now_mono = time.monotonic()
-    cached = _caps_cache.get(organization_id)
-    if cached is not None and now_mono - cached[0] < CAPS_CACHE_TTL_S:
-        return cached[1]
-    caps = _caps_load(organization_id=organization_id)
-    with _caps_cache_lock:
-        if len(_caps_cache) >= CAPS_CACHE_MAX_ENTRIES:
-            _caps_cache.clear()
-        _caps_cache[organization_id] = (now_mono, caps)
-    return caps
+    return _caps_cache.get(organization_id, lambda: _caps_load(organization_id=organization_id))
 
 
 def spend_caps_cache_forget(*, organization_id: int | None = None) -> None:
     """Drop this process's cached caps of one organization (or all); other processes follow within a second."""
-    with _caps_cache_lock:
-        if organization_id is None:
-            _caps_cache.clear()
-        else:
-            _caps_cache.pop(organization_id, None)
+    _caps_cache.forget(organization_id)
 
 
 # --- this month's spend: counters ----------------------------------------------------------------------

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -47,6 +46,7 @@ from inference.metering import (
     metering_backend,
 )
 from marketplace.errors import ApplicationError, Forbidden, NotFound
+from marketplace.ttl_cache import TtlCache
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ class NotAuthenticated(ApplicationError):
 # --- what is served: listings and versions, cached per process ------------------------------------
 
 LISTING_CACHE_TTL_S = 1.0
-_listing_cache: dict[str, tuple[float, ServedListing | None]] = {}
-_listing_cache_lock = threading.Lock()
+_listing_cache: TtlCache[str, ServedListing | None] = TtlCache(ttl_s=LISTING_CACHE_TTL_S, max_entries=10_000)
 
 
 @dataclass(frozen=True)
@@ -137,21 +136,11 @@ def _listing_load(slug: str) -> ServedListing | None:
 def served_listing_get(*, slug: str) -> ServedListing | None:
     """A public listing and its servable versions, cached per process for at most a second (a withdraw or a
     suspension lands within that)."""
-    now = time.monotonic()
-    cached = _listing_cache.get(slug)
-    if cached is not None and now - cached[0] < LISTING_CACHE_TTL_S:
-        return cached[1]
-    served = _listing_load(slug)
-    with _listing_cache_lock:
-        if len(_listing_cache) > 10_000:
-            _listing_cache.clear()
-        _listing_cache[slug] = (now, served)
-    return served
+    return _listing_cache.get(slug, lambda: _listing_load(slug))
 
 
 def served_listing_cache_clear() -> None:
-    with _listing_cache_lock:
-        _listing_cache.clear()
+    _listing_cache.forget()
 
 
 def _listing_or_404(slug: str) -> ServedListing:
