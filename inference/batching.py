@@ -8,7 +8,10 @@ dimension) concurrent requests are queued and a dispatcher thread runs them toge
   and only while other requests are in flight that could still join; a request alone runs at once;
 - it concatenates the inputs along axis 0, runs the session once and hands each caller a view of its own rows;
 - when the batched run fails, or an output does not have one row per input row, every request is re-run
-  alone, so one bad request cannot fail the others.
+  alone, so one bad request cannot fail the others;
+- up to ``max_concurrent_batches`` dispatchers run batches at once: one at a time collects (so requests join
+  its batch rather than split between two), the others run the batches they took, and a new one starts when
+  requests wait and every dispatcher is running.
 
 When no other request is in flight the caller runs the model itself, in its own thread: at concurrency 1
 there is no queue, no thread hop and no wait. Non-batchable models always run in the caller's thread,
@@ -97,6 +100,7 @@ class Batcher:
         max_queue_delay_ms: float,
         provider: str = "",
         min_run_ms: float = 0.0,
+        max_concurrent_batches: int = 1,
     ) -> None:
         self._run = run
         self.name = name  # the version id, used as the metric label
@@ -108,7 +112,12 @@ class Batcher:
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Pending] = deque()
         self._in_flight = 0  # requests inside submit(): queued, running in a batch, or running alone
-        self._thread: threading.Thread | None = None
+        # Dispatcher threads: one collects the next batch while the others run theirs, so up to
+        # ``max_concurrent_batches`` batches run at once (each on the session's intra-op threads).
+        self.max_concurrent_batches = max(1, int(max_concurrent_batches))
+        self._dispatchers = 0
+        self._executing = 0  # dispatchers running a batch (not collecting)
+        self._collecting = False  # one dispatcher at a time fills a batch, so requests join it rather than split
         self._closed = False
         self.min_run_ms = max(0.0, float(min_run_ms))
         self._cheap = False  # the last window's fastest run was under min_run_ms: run every request alone
@@ -233,10 +242,23 @@ class Batcher:
         if not pendings:
             return
         self._queue.extend(pendings)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._dispatch_loop, name=f"batcher-{self.name}", daemon=True)
-            self._thread.start()
-        self._cond.notify()
+        self._dispatcher_ensure()
+        self._wake()
+
+    def _dispatcher_ensure(self) -> None:
+        """With requests queued and every dispatcher running a batch, start one more, up to the limit (called with
+        the lock held)."""
+        if self._queue and self._dispatchers == self._executing and self._dispatchers < self.max_concurrent_batches:
+            self._dispatchers += 1
+            threading.Thread(target=self._dispatch_loop, name=f"batcher-{self.name}", daemon=True).start()
+
+    def _wake(self) -> None:
+        """Wake the dispatcher that should look at the queue (called with the lock held). With several, all of
+        them: one woken alone could be one that is waiting for its turn to collect, and go back to sleep."""
+        if self._dispatchers > 1:
+            self._cond.notify_all()
+        else:
+            self._cond.notify()
 
     def _await(self, pending: _Pending, timeout_s: float | None) -> BatchResult:
         if not pending.done.wait(timeout_s):
@@ -255,7 +277,7 @@ class Batcher:
     def _leave(self, count: int) -> None:
         with self._cond:
             self._in_flight -= count
-            self._cond.notify()  # a dispatcher waiting for these requests to join can stop waiting
+            self._wake()  # a dispatcher waiting for these requests to join can stop waiting
 
     def _run_alone(
         self, inputs: dict[str, np.ndarray], output_names: list[str] | None, *, enqueued: float
@@ -293,7 +315,20 @@ class Batcher:
         cond = self._cond
         while True:
             with cond:
-                batch = self._collect()
+                while self._collecting:  # another dispatcher is filling the next batch
+                    cond.wait()
+                self._collecting = True
+                batch: list[_Pending] | None = None
+                try:
+                    batch = self._collect()
+                finally:
+                    self._collecting = False
+                    if batch is None:
+                        self._dispatchers -= 1
+                    else:
+                        self._executing += 1
+                        self._dispatcher_ensure()  # requests left behind this batch: another may run them meanwhile
+                    self._wake()  # the next dispatcher's turn to collect
                 if batch is None:
                     return
             try:
@@ -303,6 +338,9 @@ class Batcher:
                 for pending in batch:
                     if pending.result is None and pending.error is None:
                         pending.error = exc
+            finally:
+                with cond:
+                    self._executing -= 1
             for pending in batch:
                 pending.done.set()
 
@@ -315,7 +353,6 @@ class Batcher:
             if self._queue:
                 break
             if self._closed or (not cond.wait(_IDLE_EXIT_S) and not self._queue):
-                self._thread = None
                 return None
         first = self._queue.popleft()
         batch, rows = [first], first.rows

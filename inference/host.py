@@ -173,6 +173,7 @@ class ModelHost:
             max_queue_delay_ms=model.max_queue_delay_ms,
             provider=handle.provider,
             min_run_ms=settings.INFERENCE_BATCH_MIN_RUN_MS,
+            max_concurrent_batches=settings.INFERENCE_BATCH_CONCURRENCY,
         )
         now = time.monotonic()
         hosted = HostedModel(

@@ -10,6 +10,9 @@ INFERENCE_DEADLINE_S = env.float("INFERENCE_DEADLINE_S", default=10.0)
 # Micro-batching is skipped for a model whose runs take less than this: handing a request to the batcher's
 # thread and back costs two thread switches, more than a batch could save (inference/batching.py).
 INFERENCE_BATCH_MIN_RUN_MS = env.float("INFERENCE_BATCH_MIN_RUN_MS", default=0.05)
+# Batches of one version a process may run at once: with one intra-op thread a batch keeps one core busy, so a
+# single worker process needs two to use two cores while its queue is full.
+INFERENCE_BATCH_CONCURRENCY = env.int("INFERENCE_BATCH_CONCURRENCY", default=2)
 # Celery mode: requests that meet in one web process while a message is being sent go in the next message
 # together, up to this many (one publish, one worker receive and one batched run for all of them).
 INFERENCE_SEND_MAX_REQUESTS = env.int("INFERENCE_SEND_MAX_REQUESTS", default=64)

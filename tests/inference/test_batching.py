@@ -106,6 +106,54 @@ def test_batch_size_is_capped_at_max_batch_size():
     batcher.close()
 
 
+class OverlapRun:
+    """session_run that takes a while and records how many runs were in progress at once, and their rows."""
+
+    def __init__(self, handle: runtime.InferenceSessionHandle, *, delay_s: float) -> None:
+        self.handle, self.delay_s = handle, delay_s
+        self.running = self.most = 0
+        self.rows: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, feeds: dict[str, np.ndarray], output_names: list[str] | None) -> dict[str, np.ndarray]:
+        # Runs of dispatcher threads only: the first caller, finding nothing in flight, runs alone in its own thread.
+        dispatched = threading.current_thread().name.startswith("batcher-")
+        with self.lock:
+            self.running += dispatched
+            self.most = max(self.most, self.running)
+            self.rows.append(next(iter(feeds.values())).shape[0])
+        time.sleep(self.delay_s)
+        try:
+            return runtime.session_run(self.handle, feeds, output_names)
+        finally:
+            with self.lock:
+                self.running -= dispatched
+
+
+@pytest.mark.parametrize("concurrent", [1, 2, 3])
+def test_batches_run_at_once_up_to_max_concurrent_batches(concurrent):
+    """With the queue full, a dispatcher collects the next batch while others run theirs: up to the limit, never
+    more; every request still gets its own rows, and batches stay full (one dispatcher collects at a time)."""
+    handle = _session(onnx_classifier_bytes())
+    run = OverlapRun(handle, delay_s=0.15)
+    batcher = Batcher(
+        run=run, name=f"t-c{concurrent}", batchable=True, max_batch_size=4, max_queue_delay_ms=20,
+        max_concurrent_batches=concurrent,
+    )  # fmt: skip
+    rng = np.random.default_rng(3)
+    inputs = [rng.random((1, 4), dtype=np.float32) * 5 for _ in range(24)]
+
+    results = _concurrently(24, lambda i: batcher.submit(inputs={"input": inputs[i]}, output_names=None, timeout_s=20))
+
+    assert run.most == concurrent, (run.most, run.rows)
+    assert sum(run.rows) == 24 and sorted(run.rows, reverse=True)[:5] == [4] * 5, run.rows
+    for i, result in enumerate(results):
+        assert not isinstance(result, Exception), result
+        alone = runtime.session_run(handle, {"input": inputs[i]})
+        np.testing.assert_array_equal(result.outputs["label"], alone["label"])
+    batcher.close()
+
+
 def test_a_lone_request_runs_at_once_even_with_a_long_queue_delay():
     handle = _session(onnx_classifier_bytes())
     run = RecordingRun(handle)
@@ -331,7 +379,7 @@ def test_run_many_on_a_cheap_model_batches_in_the_calling_thread():
 
     results = batcher.run_many([({"input": np.ones((1, 4), np.float32)}, None)] * 6)
 
-    assert run.rows == [6] and batcher._thread is None  # one run, and no dispatcher thread was started
+    assert run.rows == [6] and batcher._dispatchers == 0  # one run, and no dispatcher thread was started
     assert [r.batch_rows for r in results] == [6] * 6
 
 
@@ -348,7 +396,7 @@ def test_run_many_on_a_cheap_model_packs_batches_by_the_dispatchers_rule():
     results = batcher.run_many(requests)
 
     # The oldest and what fits with it (0 and 2: 4 rows), then 1 (nothing left fits with it), then 3 (other outputs).
-    assert run.rows == [4, 3, 1] and batcher._thread is None
+    assert run.rows == [4, 3, 1] and batcher._dispatchers == 0
     assert [r.batch_rows for r in results] == [4, 3, 4, 1]
     for x, result in zip(inputs, results, strict=True):
         np.testing.assert_array_equal(result.outputs["label"], runtime.session_run(handle, {"input": x})["label"])
