@@ -42,15 +42,24 @@ def test_an_expired_value_is_loaded_once_for_all_the_threads_that_want_it():
     assert len(calls) == 1
 
 
+class HeldLoad:
+    """A load that signals when it has started and finishes (returning or raising) only when released."""
+
+    def __init__(self, *, returns: str = "", raises: Exception | None = None) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.returns, self.raises = returns, raises
+
+    def __call__(self) -> str:
+        self.started.set()
+        self.release.wait(5)
+        if self.raises is not None:
+            raise self.raises
+        return self.returns
+
+
 def test_a_failed_load_is_not_shared_the_waiting_threads_load_for_themselves():
     cache: TtlCache[str, str] = TtlCache(ttl_s=60, max_entries=10)
-    leader_in = threading.Event()
-    release = threading.Event()
-
-    def failing() -> str:
-        leader_in.set()
-        release.wait(5)
-        raise RuntimeError("database down")
+    failing = HeldLoad(raises=RuntimeError("database down"))
 
     errors: list[BaseException] = []
 
@@ -62,12 +71,12 @@ def test_a_failed_load_is_not_shared_the_waiting_threads_load_for_themselves():
 
     leader = threading.Thread(target=lead)
     leader.start()
-    leader_in.wait(5)
+    failing.started.wait(5)
     follower_result: list[str] = []
     follower = threading.Thread(target=lambda: follower_result.append(cache.get("k", lambda: "own load")))
     follower.start()
     time.sleep(0.1)
-    release.set()
+    failing.release.set()
     leader.join(5)
     follower.join(5)
     assert [str(e) for e in errors] == ["database down"]
@@ -79,19 +88,13 @@ def test_forget_during_a_load_keeps_that_load_out_of_the_cache():
     """A revoke forgets the key while a request is reloading it: the row that request read may predate the revoke,
     so it must not be trusted for another second."""
     cache: TtlCache[str, str] = TtlCache(ttl_s=60, max_entries=10)
-    loading = threading.Event()
-    release = threading.Event()
-
-    def slow_load() -> str:
-        loading.set()
-        release.wait(5)
-        return "before the revoke"
+    slow_load = HeldLoad(returns="before the revoke")
 
     thread = threading.Thread(target=lambda: cache.get("k", slow_load))
     thread.start()
-    loading.wait(5)
+    slow_load.started.wait(5)
     cache.forget("k")
-    release.set()
+    slow_load.release.set()
     thread.join(5)
     assert cache.get("k", lambda: "after the revoke") == "after the revoke"
 
