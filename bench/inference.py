@@ -180,8 +180,8 @@ def wait_http(url: str, *, process: subprocess.Popen, timeout: float = 60.0) -> 
         time.sleep(0.2)
 
 
-def tree_cpu_seconds(roots: set[int]) -> float:
-    """User + system CPU of the processes ``roots`` and all their descendants (from /proc; Linux only)."""
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, user + system CPU ticks) of every process (from /proc; Linux only)."""
     table: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -192,15 +192,47 @@ def tree_cpu_seconds(roots: set[int]) -> float:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    ticks = 0
-    for pid, (_parent, cpu) in table.items():
+    return table
+
+
+def _tree(roots: set[int], table: dict[int, tuple[int, int]]) -> list[int]:
+    """The processes ``roots`` and all their descendants."""
+    members = []
+    for pid in table:
         ancestor = pid
         while ancestor in table:
             if ancestor in roots:
-                ticks += cpu
+                members.append(pid)
                 break
             ancestor = table[ancestor][0]
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return members
+
+
+def tree_cpu_seconds(roots: set[int]) -> float:
+    """User + system CPU of the processes ``roots`` and all their descendants."""
+    table = _process_table()
+    return sum(table[pid][1] for pid in _tree(roots, table)) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_context_switches(roots: set[int]) -> int:
+    """Context switches, voluntary and not, of every thread of the processes ``roots`` and their descendants: each
+    time a thread gave up or lost the CPU (waiting for the GIL, a lock, a socket), which costs more than it shows in
+    CPU time on a VM."""
+    switches = 0
+    for pid in _tree(roots, _process_table()):
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if "ctxt_switches:" in line:  # voluntary_ctxt_switches, nonvoluntary_ctxt_switches
+                    switches += int(line.split()[-1])
+    return switches
 
 
 def database_recreate(url: str) -> None:
@@ -319,6 +351,7 @@ class Result:
     p99_ms: float
     client_cores: float  # CPU the load generator itself used, in cores
     server_cpu_ms: float = 0.0  # CPU of the serving processes (gunicorn, and the Celery worker) per request
+    server_switches: float = 0.0  # context switches of their threads per request
     worker_cpu_ms: float = 0.0  # the Celery worker's part of it
     rows_per_request: int = 1
 
@@ -366,6 +399,7 @@ def wrk_run(
     threads = min(concurrency, 2)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = {name: tree_cpu_seconds({pid}) for name, pid in servers.items()}
+    switches_before = tree_context_switches(set(servers.values()))
     completed = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "10s", "-s",
          str(script), url],
@@ -373,6 +407,7 @@ def wrk_run(
     )  # fmt: skip
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_cpu = {name: tree_cpu_seconds({pid}) - server_before[name] for name, pid in servers.items()}
+    switches = tree_context_switches(set(servers.values())) - switches_before
     line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{completed.stdout}\n{completed.stderr}")
@@ -390,6 +425,7 @@ def wrk_run(
         p99_ms=data["p99_us"] / 1000,
         client_cores=client_cpu / duration if duration else 0.0,
         server_cpu_ms=sum(server_cpu.values()) * 1000 / answered if answered else 0.0,
+        server_switches=switches / answered if answered else 0.0,
         worker_cpu_ms=server_cpu.get("worker", 0.0) * 1000 / answered if answered else 0.0,
     )
 
@@ -491,18 +527,19 @@ def report(
         f"-c {CELERY_CONCURRENCY}; INFERENCE_INTRA_OP_THREADS: {intra}; server CPU excludes Redis and PostgreSQL. "
         f"(b)–(d): the median of {rounds} rounds (b and c alternating); ratios are medians of same-round pairs.",
         "",
-        "| path | concurrency | req/s | p50 ms | p99 ms | failed | server CPU ms/req | client CPU (cores) "
-        "| req/s by round |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| path | concurrency | req/s | p50 ms | p99 ms | failed | server CPU ms/req | context switches/req "
+        "| client CPU (cores) | req/s by round |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, result in results.items():
         server = f"{result.server_cpu_ms:.2f}" if result.server_cpu_ms else "—"
         if result.worker_cpu_ms:
             server += f" ({result.worker_cpu_ms:.2f} in the worker)"
         by_round = " / ".join(f"{r.rps:,.0f}" for r in runs.get(key, []))
+        switches = f"{result.server_switches:.1f}" if result.server_switches else "—"
         lines.append(
-            f"| {result.label} | {result.concurrency} | {result.rps:,.0f} | {result.p50_ms:.3f} | "
-            f"{result.p99_ms:.3f} | {result.failures} | {server} | {result.client_cores:.2f} | {by_round} |"
+            f"| {result.label} | {result.concurrency} | {result.rps:,.0f} | {result.p50_ms:.3f} | {result.p99_ms:.3f} "
+            f"| {result.failures} | {server} | {switches} | {result.client_cores:.2f} | {by_round} |"
         )
     lines.append("")
     b1, b32 = results.get("b1"), results.get("b32")
