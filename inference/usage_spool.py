@@ -10,7 +10,7 @@ back (measured by bench/inference.py: (c) at concurrency 32 went from about 1,00
   call, so the thread keeps the GIL (a ``write()`` would hand it to another thread and wait to get it back). Each
   segment's blocks are allocated when it is created (``posix_fallocate``), so a full disk is an ``OSError`` there
   (the caller then records the usage synchronously), never a SIGBUS on a later write.
-- A pusher thread sends what is queued to the Redis usage buffer in one ``RPUSH`` every ``PUSH_DELAY_S`` at most
+- A pusher thread sends what is queued to the Redis usage buffer in one ``RPUSH`` every ``PUSH_DELAY_S`` (50 ms) at most
   (inference.services.usage_flush then moves the buffer to PostgreSQL): one round trip for many calls, and no
   thread woken per call. Redis unreachable: the batch is written to the ledger
   directly; both down: kept and retried, nothing is dropped.
@@ -41,8 +41,10 @@ logger = logging.getLogger(__name__)
 SEGMENT_BYTES = 4 * 1024**2  # about 15,000 usage records
 PUSH_MAX_LINES = 1_000
 # Records are durable once on disk, so the pusher need not wake for each: it gathers for this long after the first
-# one, then sends them in one RPUSH (sooner when PUSH_MAX_LINES are waiting, or when drain() asks).
-PUSH_DELAY_S = 0.01
+# one, then sends them in one RPUSH (sooner when PUSH_MAX_LINES are waiting, or when drain() asks). Each cycle
+# wakes the pusher twice and makes it take the GIL from the request threads, so cycles are few: 50 ms (records
+# reach PostgreSQL with the next usage flush, every 2 s, either way).
+PUSH_DELAY_S = 0.05
 RETRY_S = 1.0
 
 Push = Callable[[list[bytes]], None]  # sends lines to Redis; raises MeteringUnavailable when it cannot
