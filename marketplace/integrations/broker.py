@@ -23,6 +23,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from time import monotonic
 from typing import Any
 
@@ -64,6 +65,19 @@ class FilesystemChannel(kombu_filesystem.Channel):
             os.replace(partial, final)
         except OSError as exc:
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+
+def filesystem_transport_options(folder: Path) -> dict[str, Any]:
+    """kombu's filesystem transport options for message files under ``folder`` (created if missing)."""
+    for sub in ("out", "processed", "control"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(folder / "out"),
+        "data_folder_out": str(folder / "out"),
+        "data_folder_processed": str(folder / "processed"),
+        "store_processed": False,
+        "control_folder": str(folder / "control"),
+    }
 
 
 class FilesystemTransport(kombu_filesystem.Transport):

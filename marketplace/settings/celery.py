@@ -3,21 +3,13 @@
 from celery.schedules import crontab
 
 from marketplace.env import VAR_DIR, env
+from marketplace.integrations.broker import filesystem_transport_options
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # The embedded default needs no broker server: messages are files under var/broker.
-    _broker_dir = VAR_DIR / "broker"
-    for _sub in ("out", "processed", "control"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "out"),
-        "data_folder_out": str(_broker_dir / "out"),
-        "data_folder_processed": str(_broker_dir / "processed"),
-        "store_processed": False,
-        "control_folder": str(_broker_dir / "control"),
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_transport_options(VAR_DIR / "broker")
     # kombu's filesystem transport with atomic message files (see the module).
     CELERY_BROKER_TRANSPORT = "marketplace.integrations.broker:FilesystemTransport"
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):

@@ -58,6 +58,13 @@ def _concurrently(count: int, target) -> list:
     return results
 
 
+def _assert_own_labels(handle: runtime.InferenceSessionHandle, inputs: list[np.ndarray], results: list) -> None:
+    """Each request got exactly the labels it would have got alone (its own rows, nobody else's)."""
+    for x, result in zip(inputs, results, strict=True):
+        assert not isinstance(result, Exception), result
+        np.testing.assert_array_equal(result.outputs["label"], runtime.session_run(handle, {"input": x})["label"])
+
+
 def _gather_model() -> bytes:
     """y = table[idx]: an index out of range makes ORT fail the whole run (INVALID_ARGUMENT)."""
     table = numpy_helper.from_array(np.arange(30, dtype=np.float32).reshape(10, 3), name="table")
@@ -147,10 +154,7 @@ def test_batches_run_at_once_up_to_max_concurrent_batches(concurrent):
 
     assert run.most == concurrent, (run.most, run.rows)
     assert sum(run.rows) == 24 and sorted(run.rows, reverse=True)[:5] == [4] * 5, run.rows
-    for i, result in enumerate(results):
-        assert not isinstance(result, Exception), result
-        alone = runtime.session_run(handle, {"input": inputs[i]})
-        np.testing.assert_array_equal(result.outputs["label"], alone["label"])
+    _assert_own_labels(handle, inputs, results)
     batcher.close()
 
 
@@ -285,10 +289,9 @@ def test_run_many_batches_compatible_requests_up_to_max_batch_size_and_keeps_the
     # Rows per request: 1,2,1,2,1,2,1. They queue together; the dispatcher takes the oldest and what fits with it,
     # up to 5 rows: 0+1+2+4 (5 rows; 3 asks for other outputs). Then the oldest left, 3, alone (2 rows); then 5+6.
     assert run.rows == [5, 2, 3]
+    _assert_own_labels(handle, inputs, results)
     for i, result in enumerate(results):
-        alone = runtime.session_run(handle, {"input": inputs[i]})
         assert set(result.outputs) == ({"label"} if i == 3 else {"label", "probabilities"})
-        np.testing.assert_array_equal(result.outputs["label"], alone["label"])
     assert results[3].batch_rows == 2 and results[0].batch_rows == 5 and results[6].batch_rows == 3
 
 
@@ -398,5 +401,4 @@ def test_run_many_on_a_cheap_model_packs_batches_by_the_dispatchers_rule():
     # The oldest and what fits with it (0 and 2: 4 rows), then 1 (nothing left fits with it), then 3 (other outputs).
     assert run.rows == [4, 3, 1] and batcher._dispatchers == 0
     assert [r.batch_rows for r in results] == [4, 3, 4, 1]
-    for x, result in zip(inputs, results, strict=True):
-        np.testing.assert_array_equal(result.outputs["label"], runtime.session_run(handle, {"input": x})["label"])
+    _assert_own_labels(handle, inputs, results)

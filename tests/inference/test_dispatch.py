@@ -87,6 +87,23 @@ def test_tensors_round_trip_through_the_celery_encoding():
 # --- inline ------------------------------------------------------------------------------------------------
 
 
+def _infer_concurrently(ref: ModelRef, xs: list[np.ndarray]) -> list:
+    """dispatch.infer from one thread per input, all at once; the results in input order."""
+    results: list = [None] * len(xs)
+    barrier = threading.Barrier(len(xs))
+
+    def call(i: int) -> None:
+        barrier.wait()
+        results[i] = dispatch.infer(model=ref, inputs={"input": xs[i]}, output_names=None, deadline_s=10)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
 def test_inline_infer_runs_on_this_process_host(s3, settings, tmp_path):
     settings.INFERENCE_DISPATCH = "inline"
     # Own disk cache: the same classifier bytes (same sha256) may already be cached by an earlier test.
@@ -120,18 +137,7 @@ def test_inline_concurrent_requests_are_batched(s3, settings):
     ref = _ref(s3, data, batchable=True, max_batch_size=64, max_queue_delay_ms=30)
     dispatch.model_warm(model=ref)
     xs = [np.full((1, 4), i / 4, dtype=np.float32) for i in range(24)]
-    results: list = [None] * len(xs)
-    barrier = threading.Barrier(len(xs))
-
-    def call(i: int) -> None:
-        barrier.wait()
-        results[i] = dispatch.infer(model=ref, inputs={"input": xs[i]}, output_names=None, deadline_s=10)
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    results = _infer_concurrently(ref, xs)
 
     assert max(r.batch_rows for r in results) > 1
     for x, result in zip(xs, results, strict=True):
@@ -139,21 +145,6 @@ def test_inline_concurrent_requests_are_batched(s3, settings):
 
 
 # --- celery ------------------------------------------------------------------------------------------------
-
-
-def _infer_concurrently(ref: ModelRef, xs: list[np.ndarray]) -> list:
-    """dispatch.infer from one thread per input, all at once; the results in input order."""
-    results: list = [None] * len(xs)
-
-    def call(i: int) -> None:
-        results[i] = dispatch.infer(model=ref, inputs={"input": xs[i]}, output_names=None, deadline_s=10)
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    return results
 
 
 def test_celery_infer_runs_on_a_worker_with_the_same_results(s3, inference_worker_process):

@@ -53,15 +53,7 @@ def test_the_client_follows_a_new_pool_after_kombu_drops_the_old_one():
 
 
 def _filesystem_connection(folder, transport) -> Connection:
-    for sub in ("out", "processed", "control"):
-        (folder / sub).mkdir(exist_ok=True)
-    options = {
-        "data_folder_in": str(folder / "out"),
-        "data_folder_out": str(folder / "out"),
-        "data_folder_processed": str(folder / "processed"),
-        "store_processed": False,
-        "control_folder": str(folder / "control"),
-    }
+    options = broker.filesystem_transport_options(folder)  # as settings/celery.py configures make run's broker
     return Connection("filesystem://", transport=transport, transport_options=options)
 
 

@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 
 from catalog.models import ListingStatus, VersionStatus
 from moderation import services
+from moderation.audit import audit_log_write
 from moderation.models import AuditAction, Report, ReportStatus
 
 pytestmark = pytest.mark.django_db
@@ -230,16 +231,10 @@ def test_withdraw_a_published_version(staff_api, published_listing):
 def test_audit_entries_outlive_the_user_and_version_they_name(staff_api, staff_user, make_user, version_in_review):
     """The audit references carry no database constraint: deleting what they name keeps the row readable."""
     from catalog.models import Version
-    from moderation.models import AuditLogEntry
 
     gone = make_user(email="gone@example.com")
-    AuditLogEntry.objects.create(
-        action=AuditAction.VERSION_REJECTED,
-        actor=gone,
-        organization=version_in_review.listing.organization,
-        listing=version_in_review.listing,
-        version=version_in_review,
-        reason="Before the deletions",
+    audit_log_write(
+        action=AuditAction.VERSION_REJECTED, actor=gone, version=version_in_review, reason="Before the deletions"
     )
     Version.objects.filter(pk=version_in_review.pk).delete()
     gone.delete()

@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from catalog.models import Listing, ListingStatus, VersionStatus
 from moderation import services
+from moderation.audit import audit_log_write
 from moderation.models import AuditAction, AuditLogEntry, Report, ReportStatus
 
 pytestmark = pytest.mark.django_db
@@ -402,13 +403,7 @@ def test_staff_pages_do_not_query_per_row(staff_client, make_version_in_review, 
         version = make_version_in_review(name=f"Model {index}")
         reporter = make_user(email=f"reporter{index}@example.com")
         services.report_create(listing=published_listing, reporter=reporter, reason="spam")
-        AuditLogEntry.objects.create(
-            action=AuditAction.VERSION_REJECTED,
-            actor=reporter,
-            organization=version.listing.organization,
-            listing=version.listing,
-            version=version,
-        )
+        audit_log_write(action=AuditAction.VERSION_REJECTED, actor=reporter, version=version)
 
     add_rows(0)
     few = queries_per_page()
