@@ -220,10 +220,9 @@ class _KernelTimeoutConnection(redis.connection.Connection):
 
     Python waits in poll() before every send and receive on a socket that has a timeout: a command then makes
     four system calls, each releasing the GIL, and with a web process's threads busy each release hands the GIL to
-    another thread and waits to get it back (in one A/B measurement under load, 33 context switches a request
-    against 27 with a blocking socket). A blocking socket makes it two. A timeout surfaces as EAGAIN, which
-    redis-py reports as a ConnectionError, as it does a timeout: the caller's policy (one retry, then 503) is the
-    same.
+    another thread and waits to get it back (bench/inference.py prints the context switches a request). A blocking
+    socket makes it two. A timeout surfaces as EAGAIN, which redis-py reports as a ConnectionError, as it does a
+    timeout: the caller's policy (one retry, then 503) is the same.
     """
 
     def _connect(self) -> socket.socket:
