@@ -167,7 +167,7 @@ def usage_flush(*, wait_s: float = 5.0) -> FlushResult:
     metering = metering_backend()
     if not isinstance(metering, RedisMetering):
         return FlushResult()
-    # This process's spooled records first (pushed within milliseconds anyway), then what processes that died on
+    # This process's spooled records first (pushed within 50 ms anyway), then what processes that died on
     # this machine left in theirs.
     usage_spools_drain(timeout_s=wait_s)
     metering.spool().recover()
