@@ -27,7 +27,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -256,7 +255,6 @@ class RedisMetering:
         self._claim = self.client.register_script(_CLAIM_LUA)
         self._unlock = self.client.register_script(_UNLOCK_LUA)
         self._local = threading.local()
-        self._spool: tuple[int, object, UsageSpool] | None = None
 
     def _connection(self) -> Any:
         """This thread's own connection for the hot path's commands. redis-py's pool polls every connection it
@@ -401,14 +399,9 @@ class RedisMetering:
         self._call(pipe.execute)
 
     def spool(self) -> UsageSpool:
-        """This process's spool, remembered per directory setting (a lookup costs a Path and a dict key a call)."""
-        directory, pid = settings.USAGE_SPOOL_DIR, os.getpid()
-        remembered = self._spool
-        if remembered is not None and remembered[0] == pid and remembered[1] == directory:
-            return remembered[2]
-        spool = usage_spool_get(directory=Path(directory), store=self.url, push=self._usage_push, write=_usage_write)
-        self._spool = (pid, directory, spool)
-        return spool
+        return usage_spool_get(
+            directory=settings.USAGE_SPOOL_DIR, store=self.url, push=self._usage_push, write=_usage_write
+        )
 
     def _usage_push(self, lines: list[bytes]) -> None:
         # On the pusher thread's own connection, like the hot path's commands: two system calls, not five.

@@ -250,16 +250,16 @@ _spools: dict[tuple[int, str, str], UsageSpool] = {}
 _spools_lock = threading.Lock()
 
 
-def usage_spool_get(*, directory: Path, store: str, push: Push, write: Write) -> UsageSpool:
+def usage_spool_get(*, directory: str | os.PathLike[str], store: str, push: Push, write: Write) -> UsageSpool:
     """This process's spool for ``directory`` and the Redis ``store`` it pushes to (a new one after a fork:
-    segments and threads are per process)."""
-    key = (os.getpid(), str(directory), store)
+    segments and threads are per process). Called for every recorded call: a dict lookup, no Path built."""
+    key = (os.getpid(), os.fspath(directory), store)
     spool = _spools.get(key)
     if spool is None:
         with _spools_lock:
             spool = _spools.get(key)
             if spool is None:
-                spool = _spools[key] = UsageSpool(directory=directory, push=push, write=write)
+                spool = _spools[key] = UsageSpool(directory=Path(directory), push=push, write=write)
     return spool
 
 
