@@ -18,7 +18,13 @@ there is no queue, no thread hop and no wait. Non-batchable models always run in
 concurrently (``InferenceSession.run`` is thread-safe and releases the GIL). So do models whose runs are cheaper
 than handing a request to the dispatcher and back (``min_run_ms``, ``INFERENCE_BATCH_MIN_RUN_MS``): the
 fastest run of the last ``_RUN_WINDOW`` runs (batched or not; preemption only ever makes a run look slower) is
-under it, so a batch could save less than the two thread switches it costs. The next window decides again.
+under it, so a batch could save less than the two thread switches it costs. The next window decides again; a
+model found cheap stays so until its fastest run costs twice ``min_run_ms``.
+What a run costs is read from ``cost_clock``: wall time by default, the calling thread's CPU time for a model on
+the CPU provider (the host passes ``time.thread_time``). ``InferenceSession.run`` releases the GIL, so a run's wall
+time ends when its thread gets the GIL back: with a web process's sixteen threads busy that wait is the larger
+part, and a model that costs 10 µs looked like one worth batching (the benchmark's tiny model had one request in
+eight batched at concurrency 32, each through the dispatcher's two thread hops). CPU time leaves the wait out.
 """
 
 from __future__ import annotations
@@ -101,8 +107,10 @@ class Batcher:
         provider: str = "",
         min_run_ms: float = 0.0,
         max_concurrent_batches: int = 1,
+        cost_clock: Callable[[], float] | None = None,
     ) -> None:
         self._run = run
+        self._cost_clock = cost_clock  # None: wall time (see the module docstring)
         self.name = name  # the version id, used as the metric label
         self.batchable = batchable
         self.max_batch_size = max(1, int(max_batch_size))
@@ -282,10 +290,13 @@ class Batcher:
     def _run_alone(
         self, inputs: dict[str, np.ndarray], output_names: list[str] | None, *, enqueued: float
     ) -> BatchResult:
+        cost_clock = self._cost_clock
+        cost_started = cost_clock() if cost_clock is not None else 0.0
         started = time.perf_counter()
         outputs = self._run(inputs, output_names)
         finished = time.perf_counter()
-        self._run_measured((finished - started) * 1000.0)
+        cost = cost_clock() - cost_started if cost_clock is not None else finished - started
+        self._run_measured(cost * 1000.0)
         rows = _first_dim(inputs)
         self._rows_metric.observe(rows)
         self._provider_metric.inc(rows)
@@ -305,7 +316,10 @@ class Batcher:
             self._window_fastest_ms = run_ms
         self._window_runs += 1
         if self._window_runs >= _RUN_WINDOW:
-            self._cheap = self._window_fastest_ms < self.min_run_ms
+            # Hysteresis: a model found cheap stays so until its fastest run costs twice the threshold, so one
+            # whose runs cost about the threshold does not switch paths every window.
+            threshold = self.min_run_ms * (2.0 if self._cheap else 1.0)
+            self._cheap = self._window_fastest_ms < threshold
             self._window_runs = 0
             self._window_fastest_ms = float("inf")
 
@@ -376,10 +390,13 @@ class Batcher:
             return
         first = batch[0]
         total = sum(pending.rows for pending in batch)
+        cost_clock = self._cost_clock
         started = time.perf_counter()
         try:
             feeds = {name: np.concatenate([p.inputs[name] for p in batch], axis=0) for name in first.inputs}
+            cost_started = cost_clock() if cost_clock is not None else 0.0
             outputs = self._run(feeds, first.output_names)
+            cost_ms = (cost_clock() - cost_started) * 1000.0 if cost_clock is not None else None
             if any(value.ndim == 0 or value.shape[0] != total for value in outputs.values()):
                 raise _NotRowWise
         except Exception as exc:
@@ -394,7 +411,7 @@ class Batcher:
             return
         finished = time.perf_counter()
         compute_ms = (finished - started) * 1000.0
-        self._run_measured(compute_ms)
+        self._run_measured(compute_ms if cost_ms is None else cost_ms)
         self._rows_metric.observe(total)
         self._provider_metric.inc(total)
         offset = 0

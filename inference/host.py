@@ -165,6 +165,7 @@ class ModelHost:
         def run(feeds: dict[str, np.ndarray], output_names: list[str] | None) -> dict[str, np.ndarray]:
             return runtime.session_run(handle, feeds, output_names)
 
+        in_calling_thread = handle.provider == runtime.CPU_PROVIDER and self.intra_op_threads == 1
         batcher = Batcher(
             run=run,
             name=name,
@@ -174,6 +175,9 @@ class ModelHost:
             provider=handle.provider,
             min_run_ms=settings.INFERENCE_BATCH_MIN_RUN_MS,
             max_concurrent_batches=settings.INFERENCE_BATCH_CONCURRENCY,
+            # On the CPU provider with one intra-op thread the run computes in the calling thread: that thread's
+            # CPU time is the run's cost, without the wait for the GIL afterwards (inference/batching.py).
+            cost_clock=time.thread_time if in_calling_thread else None,
         )
         now = time.monotonic()
         hosted = HostedModel(

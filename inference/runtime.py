@@ -43,6 +43,13 @@ class InferenceSessionHandle:
     provider: str  # the provider that actually runs the graph, read back from the session
     providers: list[str] = field(default_factory=list)
     requested_gpu: bool = False
+    # Read once: ORT builds new NodeArg objects on every get_inputs()/get_outputs() call.
+    input_names: tuple[str, ...] = field(init=False)
+    output_names: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.input_names = tuple(arg.name for arg in self.session.get_inputs())
+        self.output_names = [arg.name for arg in self.session.get_outputs()]
 
     @property
     def gpu(self) -> bool:
@@ -268,11 +275,15 @@ def session_run(
     output_names: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the model. Input names are checked first so the error names what is wrong."""
-    raw = _raw_session(session)
-    expected = [arg.name for arg in raw.get_inputs()]
-    unknown = sorted(set(inputs) - set(expected))
-    missing = [name for name in expected if name not in inputs]
-    if unknown or missing:
+    if isinstance(session, InferenceSessionHandle):
+        raw, expected, all_outputs = session.session, session.input_names, session.output_names
+    else:
+        raw = session
+        expected = tuple(arg.name for arg in raw.get_inputs())
+        all_outputs = [arg.name for arg in raw.get_outputs()]
+    if len(inputs) != len(expected) or not all(name in inputs for name in expected):
+        unknown = sorted(set(inputs) - set(expected))
+        missing = [name for name in expected if name not in inputs]
         parts = []
         if unknown:
             parts.append("unknown input " + ", ".join(f"'{name}'" for name in unknown))
@@ -280,7 +291,7 @@ def session_run(
             parts.append("missing input " + ", ".join(f"'{name}'" for name in missing))
         wanted = ", ".join(f"'{name}'" for name in expected) or "no inputs"
         raise RuntimeFailure(f"{'; '.join(parts).capitalize()}. The model expects: {wanted}.", kind="input")
-    names = list(output_names) if output_names else [arg.name for arg in raw.get_outputs()]
+    names = list(output_names) if output_names else all_outputs
     try:
         values = raw.run(names, inputs)
     except Exception as exc:

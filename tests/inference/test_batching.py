@@ -360,6 +360,53 @@ def test_a_model_whose_runs_cost_more_than_the_threshold_is_batched():
     batcher.close()
 
 
+@pytest.mark.parametrize(("cost_clock", "batched"), [(time.thread_time, False), (None, True)])
+def test_the_cost_of_a_run_is_read_from_its_cost_clock(cost_clock, batched):
+    """A run that waits 2 ms without computing, as a run does while its thread waits for the GIL: on the thread's CPU
+    clock it is cheap (under 1 ms) and requests run alone; on the wall clock it is worth batching."""
+    handle = _session(onnx_classifier_bytes())
+    recording = RecordingRun(handle)
+
+    def run(feeds, output_names):
+        time.sleep(0.002)
+        return recording(feeds, output_names)
+
+    batcher = Batcher(run=run, name="c3", batchable=True, max_batch_size=64, max_queue_delay_ms=20, min_run_ms=1,
+                      cost_clock=cost_clock)  # fmt: skip
+    _warm(batcher, 64)
+    recording.rows.clear()
+    recording.first_delay_s = 0.05
+
+    _concurrently(12, lambda i: batcher.submit(inputs={"input": np.ones((1, 4), np.float32)},
+                                               output_names=None, timeout_s=10))  # fmt: skip
+
+    assert sum(recording.rows) == 12
+    assert (max(recording.rows) > 1) is batched, recording.rows
+    batcher.close()
+
+
+def test_a_model_found_cheap_stays_so_until_its_runs_cost_twice_the_threshold():
+    """Hysteresis: runs costing about the threshold must not switch the path every window."""
+    handle = _session(onnx_classifier_bytes())
+    cost_ms = [0.5]
+    ticks = [0.0]
+
+    def clock() -> float:  # each run costs cost_ms[0] on this clock
+        ticks[0] += cost_ms[0] / 1000.0
+        return ticks[0]
+
+    batcher = Batcher(run=RecordingRun(handle), name="c4", batchable=True, max_batch_size=64, max_queue_delay_ms=20,
+                      min_run_ms=1, cost_clock=clock)  # fmt: skip
+    seen = []
+    for cost in (1.5, 0.5, 1.5, 2.5, 1.5, 0.5):
+        cost_ms[0] = cost
+        _warm(batcher, 64)
+        seen.append(batcher._cheap)
+
+    assert seen == [False, True, True, False, False, True]
+    batcher.close()
+
+
 def test_run_many_from_two_messages_at_once_share_batches():
     handle = _session(onnx_classifier_bytes())
     run = RecordingRun(handle, first_delay_s=0.05)

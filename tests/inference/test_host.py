@@ -8,6 +8,7 @@ import hashlib
 import multiprocessing
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from inference import cache
+from inference import cache, runtime
 from inference.errors import ModelUnavailable
 from inference.host import SESSION_MEMORY_FACTOR, ModelHost, ModelRef
 from tests.inference.onnx_factories import (
@@ -235,6 +236,19 @@ def test_the_provider_is_the_one_the_session_really_runs_and_is_exported(s3, cac
     assert (REGISTRY.get_sample_value("model_load_duration_seconds_count") or 0) >= 1
     host.evict(ref.version_id)
     assert REGISTRY.get_sample_value("model_provider_info", labels) == 0
+
+
+@pytest.mark.parametrize(("intra_op_threads", "clock"), [(1, time.thread_time), (2, None)])
+def test_a_model_computing_in_the_calling_thread_is_costed_in_its_cpu_time(s3, cache_dir, intra_op_threads, clock):
+    """On the CPU provider with one intra-op thread a run computes in the calling thread, so the batcher reads its
+    cost from that thread's CPU clock (not the wall time that includes the wait for the GIL); with more threads
+    the caller's share is not the cost, and it reads the wall clock."""
+    host = ModelHost(memory_bytes=10**9, prefer_gpu=False, intra_op_threads=intra_op_threads)
+
+    hosted = host.model_get(_ref(s3, onnx_classifier_bytes()))
+
+    assert hosted.provider == runtime.CPU_PROVIDER
+    assert hosted.batcher._cost_clock is clock
 
 
 def test_a_new_artifact_under_the_same_version_id_is_never_served_from_the_old_session(s3, cache_dir):
