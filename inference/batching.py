@@ -298,8 +298,8 @@ class Batcher:
         cost = cost_clock() - cost_started if cost_clock is not None else finished - started
         self._run_measured(cost * 1000.0)
         rows = _first_dim(inputs)
-        self._rows_metric.observe(rows)
-        self._provider_metric.inc(rows)
+        metrics.TALLY.observe(self._rows_metric, rows)
+        metrics.TALLY.count(self._provider_metric, rows)
         return BatchResult(
             outputs=outputs,
             queue_ms=(started - enqueued) * 1000.0,
@@ -412,8 +412,8 @@ class Batcher:
         finished = time.perf_counter()
         compute_ms = (finished - started) * 1000.0
         self._run_measured(compute_ms if cost_ms is None else cost_ms)
-        self._rows_metric.observe(total)
-        self._provider_metric.inc(total)
+        metrics.TALLY.observe(self._rows_metric, total)
+        metrics.TALLY.count(self._provider_metric, total)
         offset = 0
         for pending in batch:
             end = offset + pending.rows

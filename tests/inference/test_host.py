@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from inference import cache, runtime
+from inference import cache, metrics, runtime
 from inference.errors import ModelUnavailable
 from inference.host import SESSION_MEMORY_FACTOR, ModelHost, ModelRef
 from tests.inference.onnx_factories import (
@@ -28,6 +28,7 @@ from tests.inference.onnx_factories import (
 
 
 def _events(event: str, tier: str) -> float:
+    metrics.flush()
     return REGISTRY.get_sample_value("model_cache_events_total", {"event": event, "tier": tier}) or 0.0
 
 

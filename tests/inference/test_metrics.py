@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
 import numpy as np
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 
 from inference import dispatch, metrics
 from inference.dispatch import ModelRef
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sample(name: str, labels: dict[str, str]) -> float:
+    metrics.flush()
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
@@ -76,7 +78,8 @@ def test_multiprocess_mode_aggregates_every_process(tmp_path):
 
         def record():
             metrics.cache_event("load", "memory")
-            metrics.BATCH_ROWS.labels(version="5").observe(4)
+            metrics.TALLY.observe(metrics.BATCH_ROWS.labels(version="5"), 4)  # as the batcher does
+            metrics.flush()  # multiprocessing's children end with os._exit: no atexit hook applies the tally
 
         children = [multiprocessing.get_context("fork").Process(target=record) for _ in range(2)]
         for child in children:
@@ -95,3 +98,41 @@ def test_multiprocess_mode_aggregates_every_process(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'model_cache_events_total{event="load",tier="memory"} 2.0' in out.stdout
     assert 'inference_batch_rows_sum{version="5"} 8.0' in out.stdout
+
+
+def test_tallied_observations_expose_what_direct_ones_would():
+    """The tally applies bucket counts and sums through prometheus_client's own attributes: same exposition."""
+    registry = CollectorRegistry()
+    buckets = (0.001, 0.01, 0.1, 1.0)
+    direct = Histogram("direct_seconds", "d", ["listing"], buckets=buckets, registry=registry).labels(listing="a")
+    tallied = Histogram("tallied_seconds", "t", ["listing"], buckets=buckets, registry=registry).labels(listing="a")
+    direct_count = Counter("direct_rows", "d", registry=registry)
+    tallied_count = Counter("tallied_rows", "t", registry=registry)
+    tally = metrics.Tally()
+
+    for value in (0.0005, 0.001, 0.002, 0.01, 0.5, 1.0, 3.0, 0.0):  # on a bound, between, above the last, zero
+        direct.observe(value)
+        tally.observe(tallied, value)
+        direct_count.inc(2)
+        tally.count(tallied_count, 2)
+    assert registry.get_sample_value("tallied_rows_total") == 0  # not yet applied
+    tally.flush()
+
+    exposed = generate_latest(registry).decode()
+    lines = [line for line in exposed.splitlines() if "_created" not in line]
+    direct_lines = sorted(line for line in lines if line.startswith("direct_"))
+    tallied_lines = sorted(line.replace("tallied_", "direct_") for line in lines if line.startswith("tallied_"))
+    assert tallied_lines == direct_lines and len(direct_lines) == 8  # rows, 5 buckets, count, sum
+
+
+def test_the_tally_reaches_the_metrics_within_its_interval_without_a_flush():
+    child = metrics.PROVIDER_RUNS.labels(provider="tally-test")
+    before = REGISTRY.get_sample_value("inference_provider_rows_total", {"provider": "tally-test"}) or 0.0
+
+    metrics.TALLY.count(child, 3)
+
+    deadline = time.monotonic() + metrics.Tally.FLUSH_INTERVAL_S * 5
+    while (REGISTRY.get_sample_value("inference_provider_rows_total", {"provider": "tally-test"}) or 0.0) == before:
+        assert time.monotonic() < deadline, "the tally thread never applied the count"
+        time.sleep(0.05)
+    assert REGISTRY.get_sample_value("inference_provider_rows_total", {"provider": "tally-test"}) == before + 3
