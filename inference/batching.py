@@ -132,6 +132,11 @@ class Batcher:
         self._window_runs = 0
         self._window_fastest_ms = float("inf")
 
+    @property
+    def cheap(self) -> bool:
+        """The last window's fastest run cost under ``min_run_ms``: requests run alone, in their own threads."""
+        return self._cheap
+
     def configure(self, *, max_batch_size: int, max_queue_delay_ms: float) -> None:
         """Apply changed per-version settings without reloading the model."""
         self.max_batch_size = max(1, int(max_batch_size))

@@ -106,6 +106,17 @@ def infer(
     return infer_local(model=model, inputs=inputs, output_names=output_names, deadline_s=deadline_s)
 
 
+def runs_cheaply(model: ModelRef) -> bool:
+    """Whether a call to this version may run before its admission is decided: inline mode, the version in this
+    process's memory, and its runs cheaper than ``INFERENCE_BATCH_MIN_RUN_MS`` (the batcher's measure), so that a
+    call the admission then refuses has cost at most one such run. Such a model runs while the answer of the
+    admission's round trip to Redis travels, instead of after it (inference/views.py)."""
+    if settings.INFERENCE_DISPATCH == "celery":
+        return False
+    hosted = model_host().loaded_get(model)
+    return hosted is not None and hosted.batcher.cheap
+
+
 def infer_local(
     *, model: ModelRef, inputs: dict[str, np.ndarray], output_names: list[str] | None, deadline_s: float
 ) -> InferResult:

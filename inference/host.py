@@ -93,6 +93,11 @@ class ModelHost:
     def is_loaded(self, version_id: int) -> bool:
         return version_id in self._models
 
+    def loaded_get(self, model: ModelRef) -> HostedModel | None:
+        """The hosted model when this artifact of the version is in memory; never loads, never counts as a use."""
+        hosted = self._models.get(model.version_id)
+        return hosted if hosted is not None and hosted.ref.artifact_sha256 == model.artifact_sha256 else None
+
     def loaded_version_ids(self) -> list[int]:
         """Least recently used first."""
         with self._lock:

@@ -118,6 +118,23 @@ class Decision:
         return self.outcome == "ok"
 
 
+@dataclass
+class PendingAdmission:
+    """An admission sent (``admit_begin``) whose decision is read by ``admit_finish``: the caller runs a cheap
+    model while the answer travels. ``connection``: the thread's Redis connection with the reply unread;
+    ``decision``: already known (the in-process backend, or the send failed and ``admit_finish`` retries)."""
+
+    admission: Admission
+    connection: Any = None
+    decision: Decision | None = None
+
+    @property
+    def may_run(self) -> bool:
+        """Worth running the model meanwhile: the admission is on its way, or already decided for the call. Not
+        when the send failed (Redis is probably down: the call will not be run) or the call is already refused."""
+        return self.connection is not None or (self.decision is not None and self.decision.admitted)
+
+
 @dataclass(frozen=True)
 class UsageEntry:
     request_id: str
@@ -320,7 +337,7 @@ class RedisMetering:
 
     # -- the hot path --
 
-    def admit(self, admission: Admission) -> Decision:
+    def _admit_command(self, admission: Admission) -> tuple[list[str], list[Any]]:
         idem = admission.idempotency
         keys = [admission.rate_key, admission.quota_key, idem.key if idem else admission.rate_key + ":none"]
         pending_ms = int((settings.INFERENCE_DEADLINE_S * 2 + 30) * 1000)
@@ -332,6 +349,10 @@ class RedisMetering:
             pending_ms,
             "1" if admission.counted else "",
         ]
+        return keys, args
+
+    def admit(self, admission: Admission) -> Decision:
+        keys, args = self._admit_command(admission)
         for _attempt in range(3):
             result = self._admit_run(keys, args)
             outcome = result[0].decode()
@@ -340,6 +361,48 @@ class RedisMetering:
                 continue
             return self._decision(outcome, result, admission)
         raise MeteringUnavailable("The quota counter could not be initialised; retry shortly.")
+
+    def admit_begin(self, admission: Admission) -> PendingAdmission:
+        """Send the admission and return without waiting for its answer. The caller must call ``admit_finish``
+        before this thread sends another command (its reply is still unread on the thread's connection)."""
+        keys, args = self._admit_command(admission)
+        conn = self._connection()
+        try:
+            conn.send_command("EVALSHA", self._admit.sha, len(keys), *keys, *args)
+        except redis.RedisError:
+            conn.disconnect()
+            return PendingAdmission(admission)  # admit_finish goes the synchronous way, with its retry
+        except BaseException:
+            conn.disconnect()  # part of a command may have gone: never let the next one follow it
+            raise
+        return PendingAdmission(admission, connection=conn)
+
+    def admit_finish(self, pending: PendingAdmission) -> Decision:
+        """The decision of ``admit_begin``'s admission. Whatever went wrong on the way (a stale connection, a
+        script Redis forgot, a quota counter to seed) is settled the synchronous way, as ``admit`` does."""
+        conn, pending.connection = pending.connection, None
+        if pending.decision is not None:
+            return pending.decision
+        result = None
+        if conn is not None:
+            try:
+                result = conn.read_response()
+            except redis.exceptions.NoScriptError:
+                result = None
+            except (redis.ConnectionError, redis.TimeoutError):
+                conn.disconnect()
+            except redis.RedisError as exc:
+                logger.warning("Metering store unavailable: %s", exc)
+                raise MeteringUnavailable() from exc
+            except BaseException:
+                conn.disconnect()
+                raise
+        if result is not None:
+            outcome = result[0].decode()
+            if outcome != "seed":
+                return self._decision(outcome, result, pending.admission)
+            self._quota_seed(pending.admission)
+        return self.admit(pending.admission)
 
     def _decision(self, outcome: str, result: list, admission: Admission) -> Decision:
         if outcome == "rate_limited":
@@ -512,6 +575,13 @@ class LocalMetering:
             if len(self._idempotency) > 10_000:
                 self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] > now}
         return Decision("ok", units_before=units_before)
+
+    def admit_begin(self, admission: Admission) -> PendingAdmission:
+        return PendingAdmission(admission, decision=self.admit(admission))  # nothing travels: decided now
+
+    def admit_finish(self, pending: PendingAdmission) -> Decision:
+        assert pending.decision is not None
+        return pending.decision
 
     def succeed(self, admission: Admission, usage: UsageEntry, stored: StoredResponse | None) -> None:
         from inference.services import usage_records_write

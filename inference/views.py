@@ -34,7 +34,7 @@ from billing.pricing import plan_hard_quota_units, usage_cost
 from billing.selectors import subscription_entitled_get
 from billing.spend_caps import spend_add, spend_check
 from inference import metrics, protocol
-from inference.dispatch import infer
+from inference.dispatch import InferResult, infer, runs_cheaply
 from inference.metering import (
     Admission,
     Decision,
@@ -501,6 +501,33 @@ def model_infer(request: HttpRequest, listing: str, version: str | None = None) 
     return response
 
 
+@dataclass
+class _Ran:
+    """A run's result, or what it raised (raised again once the call is known to be admitted)."""
+
+    result: InferResult | None = None
+    error: Exception | None = None
+
+    def get(self) -> InferResult:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def _run(served: ServedVersion, parsed: protocol.InferRequest) -> _Ran:
+    try:
+        result = infer(
+            model=served.model,
+            inputs=parsed.inputs,
+            output_names=parsed.output_names,
+            deadline_s=settings.INFERENCE_DEADLINE_S,
+        )
+    except Exception as exc:
+        return _Ran(error=exc)
+    return _Ran(result=result)
+
+
 def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: str | None) -> HttpResponse:
     try:
         served_listing = _listing_or_404(slug)
@@ -559,7 +586,17 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
         rate_subject=api_key.rate_subject if isinstance(api_key, SessionCaller) else "",
     )
     metering = metering_backend()
-    decision = metering.admit(admission)  # MeteringUnavailable propagates: fail closed (503)
+    ran: _Ran | None = None
+    if runs_cheaply(served.model):
+        # A model whose runs cost less than the admission's round trip to Redis runs while its answer travels;
+        # the result is used only if the call is admitted (a refused call cost one cheap run more).
+        pending = metering.admit_begin(admission)
+        try:
+            ran = _run(served, parsed) if pending.may_run else None
+        finally:
+            decision = metering.admit_finish(pending)  # MeteringUnavailable propagates: fail closed (503)
+    else:
+        decision = metering.admit(admission)  # MeteringUnavailable propagates: fail closed (503)
     if decision.outcome == "replay":
         assert decision.stored is not None
         return _replay(decision.stored)
@@ -577,13 +614,10 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
     except ApplicationError as exc:
         _error_record(call, exc, admission)
         raise
+    if ran is None:
+        ran = _run(served, parsed)
     try:
-        result = infer(
-            model=served.model,
-            inputs=parsed.inputs,
-            output_names=parsed.output_names,
-            deadline_s=settings.INFERENCE_DEADLINE_S,
-        )
+        result = ran.get()
         usage = {
             "units": parsed.units,
             "queue_ms": round(result.queue_ms, 3),

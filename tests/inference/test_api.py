@@ -118,7 +118,7 @@ def test_model_ready_after_the_first_call(client, buyer):
 # --- a successful call and its usage record ----------------------------------------------------------
 
 
-def test_infer_json_returns_outputs_usage_and_one_usage_record(client, buyer, iris):
+def test_infer_json_returns_outputs_usage_and_one_usage_record(client, buyer, iris, admission_order):
     response = _infer(client, buyer, _body(id="client-42"))
     assert response.status_code == 200, response.content
     body = response.json()
@@ -339,7 +339,7 @@ def test_oversized_body_is_413_before_reading_it(client, buyer):
     assert _ledger() == (0, 0)
 
 
-def test_model_that_rejects_valid_looking_input_is_422_and_refunded(client, db, s3):
+def test_model_that_rejects_valid_looking_input_is_422_and_refunded(client, db, s3, admission_order):
     # x: FP32 [-1, -1] + a constant of shape [4]: a [1, 3] tensor passes the signature, ONNX Runtime refuses it.
     from onnx import TensorProto, numpy_helper
 
@@ -364,7 +364,7 @@ def test_model_that_rejects_valid_looking_input_is_422_and_refunded(client, db, 
 # --- rate limit and quota --------------------------------------------------------------------------
 
 
-def test_rate_limit_is_429_with_retry_after(client, iris):
+def test_rate_limit_is_429_with_retry_after(client, iris, admission_order):
     buyer = buyer_create(listing=iris.listing, rate_limit=3)
     statuses = [_infer(client, buyer).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
@@ -374,7 +374,7 @@ def test_rate_limit_is_429_with_retry_after(client, iris):
     assert _ledger() == (3, 2)
 
 
-def test_monthly_quota_is_429_with_retry_after_to_the_period_end(client, iris):
+def test_monthly_quota_is_429_with_retry_after_to_the_period_end(client, iris, admission_order):
     buyer = buyer_create(listing=iris.listing, quota=5)
     assert _infer(client, buyer).status_code == 200  # 2 units
     assert _infer(client, buyer).status_code == 200  # 4 units
@@ -387,7 +387,7 @@ def test_monthly_quota_is_429_with_retry_after_to_the_period_end(client, iris):
     assert sum(UsageRecord.objects.values_list("units", flat=True)) == 5
 
 
-def test_quota_counts_what_the_ledger_already_holds(client, iris):
+def test_quota_counts_what_the_ledger_already_holds(client, iris, admission_order):
     buyer = buyer_create(listing=iris.listing, quota=4)
     assert _infer(client, buyer).status_code == 200
     assert _ledger() == (1, 0)
@@ -399,7 +399,7 @@ def test_quota_counts_what_the_ledger_already_holds(client, iris):
 # --- idempotency ---------------------------------------------------------------------------------------
 
 
-def test_idempotent_replay_returns_the_stored_response_and_records_nothing(client, buyer):
+def test_idempotent_replay_returns_the_stored_response_and_records_nothing(client, buyer, admission_order):
     headers = {"Idempotency-Key": "order-1"}
     first = _infer(client, buyer, headers=headers)
     second = _infer(client, buyer, headers=headers)
@@ -427,7 +427,7 @@ def test_binary_responses_replay_byte_for_byte(client, buyer):
     assert _ledger() == (1, 0)
 
 
-def test_a_failed_idempotent_request_releases_the_key(client, buyer):
+def test_a_failed_idempotent_request_releases_the_key(client, buyer, admission_order):
     bad = _body([[1, 2, 3]])
     _error(_infer(client, buyer, bad, headers={"Idempotency-Key": "k"}), 400, "invalid_input")
     assert _infer(client, buyer, headers={"Idempotency-Key": "k"}).status_code == 200

@@ -122,6 +122,24 @@ def test_inline_infer_runs_on_this_process_host(s3, settings, tmp_path):
     assert dispatch.model_ready(model=ref) and model_host().is_loaded(ref.version_id)
 
 
+def test_a_model_runs_before_its_admission_only_inline_loaded_and_cheap(s3, settings):
+    """runs_cheaply: a call may run while its admission travels only for a version this process hosts whose runs
+    the batcher found cheaper than INFERENCE_BATCH_MIN_RUN_MS."""
+    settings.INFERENCE_DISPATCH = "inline"
+    settings.INFERENCE_BATCH_MIN_RUN_MS = 50.0  # every run of the classifier is far cheaper
+    ref = _ref(s3, onnx_classifier_bytes(), batchable=True)
+    x = {"input": np.ones((1, 4), dtype=np.float32)}
+
+    assert not dispatch.runs_cheaply(ref)  # not loaded: the first call loads it after its admission
+    dispatch.infer(model=ref, inputs=x, output_names=None, deadline_s=10)
+    assert not dispatch.runs_cheaply(ref)  # loaded, but no window of runs has measured it yet
+    for _ in range(64):
+        dispatch.infer(model=ref, inputs=x, output_names=None, deadline_s=10)
+    assert dispatch.runs_cheaply(ref)
+    settings.INFERENCE_DISPATCH = "celery"
+    assert not dispatch.runs_cheaply(ref)  # the run is a worker's, after the admission
+
+
 def test_inline_input_that_ort_rejects_is_a_422(s3, settings):
     settings.INFERENCE_DISPATCH = "inline"
     ref = _ref(s3, _gather_model(), batchable=True)

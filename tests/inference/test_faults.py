@@ -94,7 +94,7 @@ def _infer(client, buyer, *, slug: str = "iris", body: dict = BODY):
     )
 
 
-def test_redis_stopped_fails_closed_with_503_and_no_usage(client, db, s3, own_redis):
+def test_redis_stopped_fails_closed_with_503_and_no_usage(client, db, s3, own_redis, admission_order):
     iris = publish_model(s3=s3, onnx_bytes=onnx_classifier_bytes(), slug="iris")
     buyer = buyer_create(listing=iris.listing, quota=100)
     with override_settings(INFERENCE_REDIS_URL=own_redis.url):

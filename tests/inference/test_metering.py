@@ -257,6 +257,53 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
+# --- the admission sent before the model runs (admit_begin / admit_finish) -----------------------------------
+
+
+def test_an_admission_sent_ahead_decides_as_admit_does(backend):
+    admission = _admission(rate_limit=2)
+    decisions = []
+    for _ in range(3):
+        pending = backend.admit_begin(admission)
+        decisions.append(backend.admit_finish(pending))
+    assert [d.outcome for d in decisions] == ["ok", "ok", "rate_limited"]
+    assert decisions[2].retry_after == 1
+    # The thread's connection is in step: the next command gets its own reply.
+    assert backend.admit(_admission()).outcome == "ok"
+
+
+def test_an_admission_sent_ahead_seeds_the_quota_and_survives_a_script_flush(settings, buyer):
+    backend = RedisMetering(settings.INFERENCE_REDIS_URL)
+    subscription = buyer.subscription
+    admission = _admission(
+        api_key_id=buyer.api_key.pk, subscription_id=subscription.pk, quota_units=10, units=4,
+        period_start=subscription.current_period_start, period_end=subscription.current_period_end,
+    )  # fmt: skip
+    # No quota counter yet: the script answers "seed", admit_finish seeds it from the ledger and asks again.
+    first = backend.admit_finish(backend.admit_begin(admission))
+    assert first.outcome == "ok" and first.units_before == 0
+    redis_client().script_flush()  # Redis forgot the script (a restart): NOSCRIPT, loaded again
+    second = backend.admit_finish(backend.admit_begin(admission))
+    assert second.outcome == "ok" and second.units_before == 4
+    assert backend.admit_finish(backend.admit_begin(admission)).outcome == "quota_exceeded"  # 12 > 10
+
+
+def test_an_admission_that_cannot_be_sent_is_not_worth_a_run_and_fails_closed():
+    backend = RedisMetering(f"redis://127.0.0.1:{_closed_port()}/0")
+    pending = backend.admit_begin(_admission())
+    assert not pending.may_run  # Redis is down: the call will not be run
+    with pytest.raises(metering.MeteringUnavailable):
+        backend.admit_finish(pending)
+
+
+def test_the_in_process_backend_decides_at_once():
+    backend = LocalMetering()
+    admission = _admission(rate_limit=1)
+    assert backend.admit_begin(admission).may_run
+    refused = backend.admit_begin(admission)
+    assert not refused.may_run and backend.admit_finish(refused).outcome == "rate_limited"
+
+
 def test_redis_down_fails_closed_and_fast():
     backend = RedisMetering(f"redis://127.0.0.1:{_closed_port()}/0")
     started = time.monotonic()
