@@ -24,6 +24,7 @@ import numpy as np
 
 from inference.datatypes import DATATYPE_TO_NUMPY
 from inference.errors import InferenceFailed
+from inference.json_codec import json_dumps, json_loads
 from marketplace.errors import ApplicationError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -219,7 +220,7 @@ def request_parse(
             raise MalformedRequest(f"{HEADER_LENGTH} is {json_size} but the body has {len(body)} bytes.")
         binary, body = body[json_size:], body[:json_size]
     try:
-        payload = json.loads(body)
+        payload = json_loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedRequest(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(payload, dict):
@@ -396,6 +397,7 @@ def response_encode(
     names = request.output_names if request.output_names is not None else list(outputs)
     tensors: list[dict[str, Any]] = []
     buffers: list[bytes] = []
+    finite = True
     for name in names:
         array = np.asarray(outputs[name])
         datatype = datatype_of(array)
@@ -406,6 +408,7 @@ def response_encode(
             buffers.append(raw)
         else:
             tensor["data"] = _json_data(array, datatype)
+            finite = finite and (array.dtype.kind != "f" or bool(np.isfinite(array).all()))
         tensors.append(tensor)
     payload = {
         "model_name": model_name,
@@ -414,7 +417,7 @@ def response_encode(
         "parameters": {"usage": usage},
         "outputs": tensors,
     }
-    head = json.dumps(payload, separators=(",", ":"), allow_nan=True).encode()
+    head = json_dumps(payload, finite=finite)
     if not buffers:
         return head, {"Content-Type": JSON_CONTENT_TYPE}
     return b"".join([head, *buffers]), {"Content-Type": BINARY_CONTENT_TYPE, HEADER_LENGTH: str(len(head))}
