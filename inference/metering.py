@@ -290,14 +290,15 @@ class RedisMetering:
             local.pid = pid
         return local.conn
 
-    def _execute(self, *args: Any) -> Any:
+    def _execute(self, *args: Any, attempts: int = 2) -> Any:
         """One command on this thread's connection, with the client's policy: one retry on a connection error or
         a timeout (a connection may be stale after a Redis restart), any other failure raises
-        MeteringUnavailable. A NOSCRIPT error is passed on for the caller to load the script."""
+        MeteringUnavailable. A NOSCRIPT error is passed on for the caller to load the script. ``attempts=1``: the
+        caller already made the first (``admit_finish``)."""
         from redis.exceptions import NoScriptError
 
         conn = self._connection()
-        for attempt in (0, 1):
+        for attempt in range(attempts):
             try:
                 conn.send_command(*args)
                 return conn.read_response()
@@ -305,7 +306,7 @@ class RedisMetering:
                 raise
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 conn.disconnect()
-                if attempt:
+                if attempt == attempts - 1:
                     logger.warning("Metering store unavailable: %s", exc)
                     raise MeteringUnavailable() from exc
             except redis.RedisError as exc:
@@ -316,11 +317,11 @@ class RedisMetering:
                 raise
         raise AssertionError("unreachable")
 
-    def _admit_run(self, keys: list[str], args: list[Any]) -> Any:
+    def _admit_run(self, keys: list[str], args: list[Any], *, attempts: int = 2) -> Any:
         from redis.exceptions import NoScriptError
 
         try:
-            return self._execute("EVALSHA", self._admit.sha, len(keys), *keys, *args)
+            return self._execute("EVALSHA", self._admit.sha, len(keys), *keys, *args, attempts=attempts)
         except NoScriptError:  # Redis restarted or its scripts were flushed: load it again, once
             self._call(self.client.script_load, _ADMIT_LUA)
         try:
@@ -352,10 +353,12 @@ class RedisMetering:
         ]
         return keys, args
 
-    def admit(self, admission: Admission) -> Decision:
+    def admit(self, admission: Admission, *, attempts: int = 2) -> Decision:
+        """Decide a call: rate, quota, idempotency, in one round trip (two more to seed a missing quota counter).
+        ``attempts``: tries of the round trip on a connection error (see ``_execute``)."""
         keys, args = self._admit_command(admission)
         for _attempt in range(3):
-            result = self._admit_run(keys, args)
+            result = self._admit_run(keys, args, attempts=attempts)
             outcome = result[0].decode()
             if outcome == "seed":
                 self._quota_seed(admission)
@@ -384,25 +387,25 @@ class RedisMetering:
         conn, pending.connection = pending.connection, None
         if pending.decision is not None:
             return pending.decision
-        result = None
-        if conn is not None:
-            try:
-                result = conn.read_response()
-            except redis.exceptions.NoScriptError:
-                result = None
-            except (redis.ConnectionError, redis.TimeoutError):
-                conn.disconnect()
-            except redis.RedisError as exc:
-                logger.warning("Metering store unavailable: %s", exc)
-                raise MeteringUnavailable() from exc
-            except BaseException:
-                conn.disconnect()
-                raise
-        if result is not None:
-            outcome = result[0].decode()
-            if outcome != "seed":
-                return self._decision(outcome, result, pending.admission)
-            self._quota_seed(pending.admission)
+        if conn is None:  # the send failed: that was the first attempt, one more (as admit makes two in all)
+            return self.admit(pending.admission, attempts=1)
+        try:
+            result = conn.read_response()
+        except redis.exceptions.NoScriptError:
+            return self.admit(pending.admission)
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            return self.admit(pending.admission, attempts=1)
+        except redis.RedisError as exc:
+            logger.warning("Metering store unavailable: %s", exc)
+            raise MeteringUnavailable() from exc
+        except BaseException:
+            conn.disconnect()
+            raise
+        outcome = result[0].decode()
+        if outcome != "seed":
+            return self._decision(outcome, result, pending.admission)
+        self._quota_seed(pending.admission)
         return self.admit(pending.admission)
 
     def _decision(self, outcome: str, result: list, admission: Admission) -> Decision:

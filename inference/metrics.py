@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import logging
 import os
 import threading
 from typing import Any
@@ -38,6 +39,8 @@ from prometheus_client import (  # noqa: E402  (after the environment is set)
     Histogram,
     generate_latest,
 )
+
+logger = logging.getLogger(__name__)
 
 # Latency buckets from 0.5 ms to 10 s: most models answer in a few milliseconds.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -156,9 +159,7 @@ class Tally:
             try:
                 self.flush()
             except Exception:  # a metrics file that cannot be written must not end the thread
-                import logging
-
-                logging.getLogger(__name__).exception("Could not apply the tallied metrics")
+                logger.exception("Could not apply the tallied metrics")
 
     def _forked(self) -> None:
         # The parent applies what it tallied; the child starts empty, with its own lock and (on first use) thread.

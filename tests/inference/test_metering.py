@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -326,6 +327,37 @@ def test_a_redis_that_never_answers_fails_closed_within_the_timeout():
         with pytest.raises(metering.MeteringUnavailable):
             backend.admit(_admission())
         assert 0.3 <= time.monotonic() - started < 3
+
+
+_HELLO_REPLY = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n"
+
+
+def _redis_that_stops_at_scripts(listener: socket.socket) -> None:
+    """Answers redis-py's connection handshake (HELLO 3, CLIENT ...) and never a script: a Redis that hangs
+    mid-call."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            while chunk := conn.recv(65536):
+                conn.sendall(_HELLO_REPLY * chunk.count(b"HELLO") + b"+OK\r\n" * chunk.count(b"CLIENT"))
+
+
+def test_an_admission_sent_ahead_that_is_never_answered_waits_two_timeouts_not_three():
+    """The unanswered admission was the first attempt: admit_finish makes one more, as admit makes two in all."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        threading.Thread(target=_redis_that_stops_at_scripts, args=(listener,), daemon=True).start()
+        backend = RedisMetering(f"redis://127.0.0.1:{listener.getsockname()[1]}/0", timeout_s=1.0)
+        pending = backend.admit_begin(_admission())
+        assert pending.may_run  # sent: nothing tells yet that it will never be answered
+        started = time.monotonic()
+        with pytest.raises(metering.MeteringUnavailable):
+            backend.admit_finish(pending)
+        assert 1.9 <= time.monotonic() - started < 2.9
 
 
 def test_the_hot_path_socket_blocks_with_kernel_timeouts(settings):
