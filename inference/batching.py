@@ -20,11 +20,12 @@ than handing a request to the dispatcher and back (``min_run_ms``, ``INFERENCE_B
 fastest run of the last ``_RUN_WINDOW`` runs (batched or not; preemption only ever makes a run look slower) is
 under it, so a batch could save less than the two thread switches it costs. The next window decides again; a
 model found cheap stays so until its fastest run costs twice ``min_run_ms``.
-What a run costs is read from ``cost_clock``: wall time by default, the calling thread's CPU time for a model on
-the CPU provider (the host passes ``time.thread_time``). ``InferenceSession.run`` releases the GIL, so a run's wall
-time ends when its thread gets the GIL back: with a web process's sixteen threads busy that wait is the larger
-part, and a model that costs 10 µs looked like one worth batching (the benchmark's tiny model had one request in
-eight batched at concurrency 32, each through the dispatcher's two thread hops). CPU time leaves the wait out.
+What a run costs is read from ``cost_clock``: wall time by default (``time.perf_counter``), the calling thread's CPU
+time for a model on the CPU provider (the host passes ``time.thread_time``). ``InferenceSession.run`` releases
+the GIL, so a run's wall time ends when its thread gets the GIL back: with a web process's sixteen threads busy
+that wait is the larger part, and a model that costs 10 µs looked like one worth batching (the benchmark's tiny
+model had one request in eight batched at concurrency 32, each through the dispatcher's two thread hops: a one-off
+reading of ``inference_batch_rows``, in docs/benchmarks.md). CPU time leaves the wait out.
 """
 
 from __future__ import annotations
@@ -107,10 +108,10 @@ class Batcher:
         provider: str = "",
         min_run_ms: float = 0.0,
         max_concurrent_batches: int = 1,
-        cost_clock: Callable[[], float] | None = None,
+        cost_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._run = run
-        self._cost_clock = cost_clock  # None: wall time (see the module docstring)
+        self._cost_clock = cost_clock  # what a run costs (see the module docstring)
         self.name = name  # the version id, used as the metric label
         self.batchable = batchable
         self.max_batch_size = max(1, int(max_batch_size))
@@ -295,22 +296,24 @@ class Batcher:
     def _run_alone(
         self, inputs: dict[str, np.ndarray], output_names: list[str] | None, *, enqueued: float
     ) -> BatchResult:
-        cost_clock = self._cost_clock
-        cost_started = cost_clock() if cost_clock is not None else 0.0
+        cost_started = self._cost_clock()
         started = time.perf_counter()
         outputs = self._run(inputs, output_names)
         finished = time.perf_counter()
-        cost = cost_clock() - cost_started if cost_clock is not None else finished - started
-        self._run_measured(cost * 1000.0)
         rows = _first_dim(inputs)
-        metrics.TALLY.observe(self._rows_metric, rows)
-        metrics.TALLY.count(self._provider_metric, rows)
+        self._ran(cost_ms=(self._cost_clock() - cost_started) * 1000.0, rows=rows)
         return BatchResult(
             outputs=outputs,
             queue_ms=(started - enqueued) * 1000.0,
             compute_ms=(finished - started) * 1000.0,
             batch_rows=rows,
         )
+
+    def _ran(self, *, cost_ms: float, rows: int) -> None:
+        """Count a run (alone or batched) in the metrics and in the window's measure."""
+        metrics.TALLY.observe(self._rows_metric, rows)
+        metrics.TALLY.count(self._provider_metric, rows)
+        self._run_measured(cost_ms)
 
     def _run_measured(self, run_ms: float) -> None:
         """Keep the fastest run of the current window; at its end, decide whether batching can pay. Unlocked:
@@ -395,13 +398,12 @@ class Batcher:
             return
         first = batch[0]
         total = sum(pending.rows for pending in batch)
-        cost_clock = self._cost_clock
         started = time.perf_counter()
         try:
             feeds = {name: np.concatenate([p.inputs[name] for p in batch], axis=0) for name in first.inputs}
-            cost_started = cost_clock() if cost_clock is not None else 0.0
+            cost_started = self._cost_clock()
             outputs = self._run(feeds, first.output_names)
-            cost_ms = (cost_clock() - cost_started) * 1000.0 if cost_clock is not None else None
+            cost_ms = (self._cost_clock() - cost_started) * 1000.0
             if any(value.ndim == 0 or value.shape[0] != total for value in outputs.values()):
                 raise _NotRowWise
         except Exception as exc:
@@ -416,9 +418,7 @@ class Batcher:
             return
         finished = time.perf_counter()
         compute_ms = (finished - started) * 1000.0
-        self._run_measured(compute_ms if cost_ms is None else cost_ms)
-        metrics.TALLY.observe(self._rows_metric, total)
-        metrics.TALLY.count(self._provider_metric, total)
+        self._ran(cost_ms=cost_ms, rows=total)
         offset = 0
         for pending in batch:
             end = offset + pending.rows

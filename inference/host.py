@@ -182,7 +182,7 @@ class ModelHost:
             max_concurrent_batches=settings.INFERENCE_BATCH_CONCURRENCY,
             # On the CPU provider with one intra-op thread the run computes in the calling thread: that thread's
             # CPU time is the run's cost, without the wait for the GIL afterwards (inference/batching.py).
-            cost_clock=time.thread_time if in_calling_thread else None,
+            cost_clock=time.thread_time if in_calling_thread else time.perf_counter,
         )
         now = time.monotonic()
         hosted = HostedModel(
