@@ -353,17 +353,22 @@ class RedisMetering:
         ]
         return keys, args
 
-    def admit(self, admission: Admission, *, attempts: int = 2) -> Decision:
-        """Decide a call: rate, quota, idempotency, in one round trip (two more to seed a missing quota counter).
-        ``attempts``: tries of the round trip on a connection error (see ``_execute``)."""
+    def admit(self, admission: Admission) -> Decision:
+        """Decide a call: rate, quota, idempotency, in one round trip (two more to seed a missing quota counter)."""
+        return self._settle(admission, None, attempts=2)
+
+    def _settle(self, admission: Admission, result: Any, *, attempts: int) -> Decision:
+        """The decision from the script's ``result`` (None: run it now), seeding a missing quota counter and asking
+        again as needed. ``attempts``: tries of each round trip on a connection error (see ``_execute``)."""
         keys, args = self._admit_command(admission)
         for _attempt in range(3):
-            result = self._admit_run(keys, args, attempts=attempts)
+            if result is None:
+                result = self._admit_run(keys, args, attempts=attempts)
             outcome = result[0].decode()
-            if outcome == "seed":
-                self._quota_seed(admission)
-                continue
-            return self._decision(outcome, result, admission)
+            if outcome != "seed":
+                return self._decision(outcome, result, admission)
+            self._quota_seed(admission)
+            result = None
         raise MeteringUnavailable("The quota counter could not be initialised; retry shortly.")
 
     def admit_begin(self, admission: Admission) -> PendingAdmission:
@@ -388,25 +393,21 @@ class RedisMetering:
         if pending.decision is not None:
             return pending.decision
         if conn is None:  # the send failed: that was the first attempt, one more (as admit makes two in all)
-            return self.admit(pending.admission, attempts=1)
+            return self._settle(pending.admission, None, attempts=1)
         try:
             result = conn.read_response()
         except redis.exceptions.NoScriptError:
-            return self.admit(pending.admission)
+            return self.admit(pending.admission)  # loads the script again
         except (redis.ConnectionError, redis.TimeoutError):
             conn.disconnect()
-            return self.admit(pending.admission, attempts=1)
+            return self._settle(pending.admission, None, attempts=1)
         except redis.RedisError as exc:
             logger.warning("Metering store unavailable: %s", exc)
             raise MeteringUnavailable() from exc
         except BaseException:
             conn.disconnect()
             raise
-        outcome = result[0].decode()
-        if outcome != "seed":
-            return self._decision(outcome, result, pending.admission)
-        self._quota_seed(pending.admission)
-        return self.admit(pending.admission)
+        return self._settle(pending.admission, result, attempts=2)
 
     def _decision(self, outcome: str, result: list, admission: Admission) -> Decision:
         if outcome == "rate_limited":
