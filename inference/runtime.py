@@ -270,17 +270,12 @@ def session_io_types(session: InferenceSessionHandle | ort.InferenceSession) -> 
 
 
 def session_run(
-    session: InferenceSessionHandle | ort.InferenceSession,
+    session: InferenceSessionHandle,
     inputs: dict[str, np.ndarray],
     output_names: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the model. Input names are checked first so the error names what is wrong."""
-    if isinstance(session, InferenceSessionHandle):
-        raw, expected, all_outputs = session.session, session.input_names, session.output_names
-    else:
-        raw = session
-        expected = tuple(arg.name for arg in raw.get_inputs())
-        all_outputs = [arg.name for arg in raw.get_outputs()]
+    raw, expected = session.session, session.input_names
     if len(inputs) != len(expected) or not all(name in inputs for name in expected):
         unknown = sorted(set(inputs) - set(expected))
         missing = [name for name in expected if name not in inputs]
@@ -291,7 +286,7 @@ def session_run(
             parts.append("missing input " + ", ".join(f"'{name}'" for name in missing))
         wanted = ", ".join(f"'{name}'" for name in expected) or "no inputs"
         raise RuntimeFailure(f"{'; '.join(parts).capitalize()}. The model expects: {wanted}.", kind="input")
-    names = list(output_names) if output_names else all_outputs
+    names = list(output_names) if output_names else session.output_names
     try:
         values = raw.run(names, inputs)
     except Exception as exc:
