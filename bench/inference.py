@@ -505,6 +505,11 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def _median_round(measured: list[Result], *, key: Callable[[Result], float]) -> Result:
+    """The round whose ``key`` is the median (the lower of the two middle ones for an even count)."""
+    return sorted(measured, key=key)[(len(measured) - 1) // 2]
+
+
 def _paired_median(
     runs: dict[str, list[Result]], top: str, bottom: str, value: Callable[[Result, Result], float]
 ) -> float:
@@ -578,7 +583,7 @@ def report(
             "|---|---|---|---|---|---|---|",
         ]
         for key, measured in batching.items():
-            result = sorted(measured, key=lambda r: r.rows_per_s)[(len(measured) - 1) // 2]  # the median round
+            result = _median_round(measured, key=lambda r: r.rows_per_s)
             lines.append(
                 f"| {result.label} | {result.rows_per_s:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | "
                 f"{result.failures} | {result.server_cpu_ms:.2f}"
@@ -808,7 +813,7 @@ def main() -> int:
             f"(flushed in {time.perf_counter() - flushed_at:.1f} s)"
         )
         for key, measured in runs.items():
-            results[key] = sorted(measured, key=lambda r: r.rps)[(len(measured) - 1) // 2]  # the median round
+            results[key] = _median_round(measured, key=lambda r: r.rps)
         order = ["a1", "a32", "b1", "b32", "c1", "c32", "d1", "d32"]
         results = {k: results[k] for k in order if k in results}
         print()
