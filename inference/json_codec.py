@@ -1,6 +1,7 @@
 """JSON for the /v2 hot path (request bodies, responses, usage records): orjson, about ten times faster than the
-standard library on these bodies (a request body 8.9 → 1.5 µs to parse, a response 10.5 → 0.6 µs to write, measured
-in process on the benchmark's tiny model), with the standard library wherever orjson would answer differently:
+standard library on these bodies (a request body 8.9 → 1.5 µs to parse, a response 10.5 → 0.6 µs to write: a one-off
+in-process measurement on the benchmark's tiny model, docs/benchmarks.md), with the standard library wherever orjson
+would answer differently:
 
 - reading: ``NaN``/``Infinity`` literals and integers over 64 bits, which the standard library accepts and orjson
   refuses; a body neither accepts raises the standard library's error, whose message the 400 quotes;

@@ -136,3 +136,36 @@ def test_the_tally_reaches_the_metrics_within_its_interval_without_a_flush():
         assert time.monotonic() < deadline, "the tally thread never applied the count"
         time.sleep(0.05)
     assert REGISTRY.get_sample_value("inference_provider_rows_total", {"provider": "tally-test"}) == before + 3
+
+
+def test_a_forked_child_starts_with_an_empty_tally(tmp_path):
+    """What the parent tallied before a fork is the parent's to apply: a child that applied it too would count it
+    twice (gunicorn forks its workers, multiprocessing its children)."""
+    script = textwrap.dedent(
+        """
+        import multiprocessing, django
+        django.setup()
+        from django.test import Client
+        from inference import metrics
+
+        rows = metrics.PROVIDER_RUNS.labels(provider="fork-test")
+        metrics.TALLY.count(rows, 5)  # tallied in the parent, not applied yet
+
+        def record():
+            metrics.TALLY.count(rows, 1)
+            metrics.flush()
+
+        child = multiprocessing.get_context("fork").Process(target=record)
+        child.start()
+        child.join()
+        print(Client().get("/metrics").content.decode())  # the scrape applies the parent's tally
+        """
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "marketplace.settings.test",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+    }
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'inference_provider_rows_total{provider="fork-test"} 6.0' in out.stdout
