@@ -111,16 +111,16 @@ class ModelHost:
 
     def model_get(self, model: ModelRef) -> HostedModel:
         """The hosted model for a version, loading it (download included) when it is not in memory."""
-        hosted = self._models.get(model.version_id)
-        if hosted is not None and hosted.ref.artifact_sha256 == model.artifact_sha256:
+        hosted = self.loaded_get(model)
+        if hosted is not None:
             self._used(hosted, model)
             return hosted
         with self._load_lock(model.version_id):
-            hosted = self._models.get(model.version_id)
-            if hosted is not None and hosted.ref.artifact_sha256 == model.artifact_sha256:
+            hosted = self.loaded_get(model)
+            if hosted is not None:
                 self._used(hosted, model)
                 return hosted
-            if hosted is not None:  # same version id, different artifact: never serve the old bytes
+            if model.version_id in self._models:  # same version id, different artifact: never serve the old bytes
                 self.evict(model.version_id)
             return self._load(model)
 
