@@ -67,6 +67,18 @@ def test_metrics_endpoint_exposes_serving_metrics(client, s3, settings):
     model_host_reset()
 
 
+def _multiprocess_script(script: str, tmp_path) -> str:
+    """Run ``script`` in a new interpreter with Django set up for multiprocess metrics; its standard output."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "marketplace.settings.test",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+    }
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
 def test_multiprocess_mode_aggregates_every_process(tmp_path):
     """Two processes record cache events; a third renders /metrics with the sum (gunicorn with several workers)."""
     script = textwrap.dedent(
@@ -89,15 +101,9 @@ def test_multiprocess_mode_aggregates_every_process(tmp_path):
         print(Client().get("/metrics").content.decode())
         """
     )
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "marketplace.settings.test",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
-    }
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert 'model_cache_events_total{event="load",tier="memory"} 2.0' in out.stdout
-    assert 'inference_batch_rows_sum{version="5"} 8.0' in out.stdout
+    stdout = _multiprocess_script(script, tmp_path)
+    assert 'model_cache_events_total{event="load",tier="memory"} 2.0' in stdout
+    assert 'inference_batch_rows_sum{version="5"} 8.0' in stdout
 
 
 def test_tallied_observations_expose_what_direct_ones_would():
@@ -161,11 +167,5 @@ def test_a_forked_child_starts_with_an_empty_tally(tmp_path):
         print(Client().get("/metrics").content.decode())  # the scrape applies the parent's tally
         """
     )
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "marketplace.settings.test",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
-    }
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert 'inference_provider_rows_total{provider="fork-test"} 6.0' in out.stdout
+    stdout = _multiprocess_script(script, tmp_path)
+    assert 'inference_provider_rows_total{provider="fork-test"} 6.0' in stdout
