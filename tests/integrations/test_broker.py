@@ -1,12 +1,18 @@
 """The Redis broker transport (marketplace/integrations/broker.py) against the real Redis: one client per channel,
-and messages still go through kombu unchanged."""
+and messages still go through kombu unchanged; direct publish writes what apply_async writes."""
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
+from datetime import datetime, timedelta
 
+import pytest
 import redis
+from celery import Celery
 from kombu import Connection, Exchange, Queue
+from kombu.common import Broadcast
 from kombu.transport import filesystem as kombu_filesystem
 
 from marketplace.celery import app
@@ -92,3 +98,78 @@ def test_filesystem_messages_round_trip_through_the_transport(tmp_path):
                 connection.drain_events(timeout=5)
     # Within one millisecond kombu's file names order by a random uuid: as with kombu's own transport, no FIFO.
     assert sorted(r["n"] for r in received) == [0, 1, 2, 3, 4]
+
+
+# --- direct publish (RedisQueuePublisher) -----------------------------------------------------------------------
+
+
+def _pushed(client: redis.Redis, queue: str) -> dict:
+    [raw] = client.lrange(queue, 0, -1)
+    client.delete(queue)
+    return json.loads(raw)
+
+
+def test_a_direct_message_is_the_one_apply_async_writes():
+    from inference.tasks import inference_run_many
+
+    queue = f"test-direct-{uuid.uuid4().hex[:8]}"
+    publisher = broker.redis_queue_publisher(app=app, queue=queue)
+    assert publisher is not None
+    kwargs = {"requests": [{"payload": {"inputs": {"x": ["<f4", [1, 2], "AAAAAAAAAAA="]}}, "reply_to": "r"}]}
+    client = publisher.client
+    try:
+        inference_run_many.apply_async(
+            kwargs=kwargs, queue=queue, expires=30.0, argsrepr="", kwargsrepr="1 requests", ignore_result=True
+        )
+        celery_made = _pushed(client, queue)
+        task_id = publisher.send(task=inference_run_many.name, kwargs=kwargs, expires_s=30.0, kwargsrepr="1 requests")
+        ours = _pushed(client, queue)
+    finally:
+        client.delete(queue, f"_kombu.binding.{queue}")
+
+    assert ours.keys() == celery_made.keys()
+    body = {key: value for key, value in ours.items() if key not in ("body", "headers", "properties")}
+    assert body == {key: value for key, value in celery_made.items() if key not in ("body", "headers", "properties")}
+    assert json.loads(base64.b64decode(ours["body"])) == json.loads(base64.b64decode(celery_made["body"]))
+    # Per-message values: ids, the expiry instant, and Celery's reply address for results nobody waits for here.
+    varying = {"id", "root_id", "expires", "correlation_id", "delivery_tag", "reply_to", "expiration"}
+    for part in ("headers", "properties"):
+        assert ours[part].keys() == celery_made[part].keys(), part
+        for key, value in ours[part].items():
+            if key not in varying:
+                assert value == celery_made[part][key], (part, key)
+    assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"] == task_id
+    expires = datetime.fromisoformat(ours["headers"]["expires"])
+    assert abs(expires - datetime.fromisoformat(celery_made["headers"]["expires"])) < timedelta(seconds=5)
+    assert abs(int(ours["properties"]["expiration"]) - int(celery_made["properties"]["expiration"])) < 5000
+    assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
+
+
+def test_direct_publish_only_where_a_plain_redis_queue_takes_the_message(monkeypatch):
+    redis_url = app.conf.broker_url
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery reads it before its configuration
+
+    def configured(**conf) -> Celery:
+        other = Celery("other", set_as_current=False)
+        other.conf.update({"broker_url": redis_url, **conf})
+        return other
+
+    assert broker.redis_queue_publisher(app=configured(), queue="q") is not None
+    assert broker.redis_queue_publisher(app=configured(broker_url="filesystem://"), queue="q") is None
+    assert broker.redis_queue_publisher(app=configured(broker_url="amqp://guest@127.0.0.1//"), queue="q") is None
+    prefixed = configured(broker_transport_options={"global_keyprefix": "tenant:"})
+    assert broker.redis_queue_publisher(app=prefixed, queue="q") is None
+    assert broker.redis_queue_publisher(app=configured(task_always_eager=True), queue="q") is None
+    fanout = configured(task_queues=[Broadcast("b", routing_key="b")])
+    assert broker.redis_queue_publisher(app=fanout, queue="b") is None
+    topic = configured(task_queues=[Queue("t", Exchange("t", type="topic"), routing_key="t.#")])
+    assert broker.redis_queue_publisher(app=topic, queue="t") is None
+
+
+def test_a_direct_send_to_a_stopped_redis_raises_a_connection_error(monkeypatch):
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    other = Celery("other", set_as_current=False)
+    other.conf.update(broker_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    publisher = broker.redis_queue_publisher(app=other, queue="q")
+    with pytest.raises(redis.ConnectionError):
+        publisher.send(task="t", kwargs={}, expires_s=1.0)
