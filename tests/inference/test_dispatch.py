@@ -196,6 +196,37 @@ def test_celery_infer_runs_on_a_worker_with_the_same_results(s3, inference_worke
     np.testing.assert_array_equal(via_backend.outputs["label"], expected["label"])
 
 
+def test_celery_messages_go_straight_to_redis_or_through_apply_async_on_other_brokers(
+    s3, inference_worker_process, monkeypatch, settings
+):
+    from inference.tasks import inference_run_many
+
+    data = onnx_classifier_bytes()
+    ref = _ref(s3, data)
+    x = np.random.default_rng(3).random((2, 4), dtype=np.float32)
+    sent: list[str] = []
+    publisher = dispatch._publisher(settings.INFERENCE_QUEUE)
+    assert publisher is not None  # the test broker is Redis
+    monkeypatch.setattr(publisher, "send", _recording(publisher.send, sent, "direct"))
+    monkeypatch.setattr(inference_run_many, "apply_async", _recording(inference_run_many.apply_async, sent, "kombu"))
+
+    direct = dispatch.infer(model=ref, inputs={"input": x}, output_names=None, deadline_s=10)
+    monkeypatch.setattr(dispatch, "_publisher", lambda queue: None)  # as with RabbitMQ or the filesystem broker
+    via_kombu = dispatch.infer(model=ref, inputs={"input": x}, output_names=None, deadline_s=10)
+
+    assert sent == ["direct", "kombu"]
+    for result in (direct, via_kombu):
+        np.testing.assert_array_equal(result.outputs["label"], _expected(data, {"input": x})["label"])
+
+
+def _recording(function, calls: list[str], name: str):
+    def recorded(*args, **kwargs):
+        calls.append(name)
+        return function(*args, **kwargs)
+
+    return recorded
+
+
 def test_celery_concurrent_requests_each_get_their_own_rows(s3, inference_worker_process):
     data = onnx_classifier_bytes()
     ref = _ref(s3, data, batchable=True, max_batch_size=64, max_queue_delay_ms=5)
