@@ -15,7 +15,7 @@ One small ONNX model (an MLP, 20 features → 2 scores, one row a request) is me
       the outputs (bench/bench_urls.py, routed only by bench/settings.py), in gunicorn like the product;
   (c) ``POST /v2/models/<listing>/infer``: the full metered path (key, subscription, rate limit, quota, usage
       record, metrics), ``INFERENCE_DISPATCH=inline``;
-  (d) the same in celery mode: the web process sends each request to a Celery worker (``-P threads -c 16``).
+  (d) the same in celery mode: the web process sends each request to a Celery worker (``-P solo``, 16 run threads).
 at concurrency 1 and 32. Micro-batching: two batchable MLPs (256 → 1024 → 1024 → 10, whose row costs less than
 the request around it, and 2048 → 8192 → 8192 → 10, 336 MB, where one row alone is a memory-bound matrix-vector
 product) through the /v2 path at concurrency 64, one row a request, with ``max_batch_size`` 32 and
@@ -63,7 +63,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 # The product's web server (scripts/run.py): gunicorn, 2 workers × 16 threads (gthread).
 GUNICORN_WORKERS = 2
 GUNICORN_THREADS = 16
-CELERY_CONCURRENCY = 16
+WORKER_THREADS = 16  # INFERENCE_WORKER_THREADS of the Celery inference worker
 TINY_SIZES = (20, 64, 64, 2)
 # Batchable models: the small MLP makes a row cheap next to the request around it; the large one is where one row
 # alone wastes most of a matrix multiply (memory-bound at batch 1), as in the models micro-batching is for.
@@ -486,11 +486,11 @@ def celery_start(procs: Processes, *, env: dict[str, str], log_dir: Path) -> sub
 
     hostname = f"bench-inference-{os.getpid()}@{socket.gethostname()}"
     queues = f"{env.get('INFERENCE_QUEUE', 'inference')},{env.get('INFERENCE_QUEUE', 'inference')}.broadcast"
-    args = [PY, "-m", "celery", "-A", "marketplace", "worker", "-Q", queues, "-P", "threads",
-            "-c", str(CELERY_CONCURRENCY), "-n", hostname, "--without-gossip", "--without-mingle",
-            "--without-heartbeat", "-l", "warning"]  # fmt: skip
-    # An inference-only worker runs at-most-once tasks: no unacked bookkeeping (docs/operations.md).
-    process = procs.start("celery", args, env={**env, "CELERY_BROKER_ACK_EMULATION": "false"}, log_dir=log_dir)
+    args = [PY, "-m", "celery", "-A", "marketplace", "worker", "-Q", queues, "-P", "solo", "-n", hostname,
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]  # fmt: skip
+    # As docs/operations.md runs inference workers: at-most-once tasks only, so no unacked bookkeeping.
+    worker_env = {**env, "CELERY_BROKER_ACK_EMULATION": "false", "INFERENCE_WORKER_THREADS": str(WORKER_THREADS)}
+    process = procs.start("celery", args, env=worker_env, log_dir=log_dir)
     deadline = time.monotonic() + 60
     while not app.control.ping(destination=[hostname], timeout=0.5):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -528,8 +528,8 @@ def report(
     intra = os.environ.get("INFERENCE_INTRA_OP_THREADS") or "1 (the default)"
     rounds = max((len(measured) for measured in runs.values()), default=1)
     lines = [
-        f"gunicorn {workers} workers × {threads} threads (gthread); Celery worker -P threads "
-        f"-c {CELERY_CONCURRENCY}; INFERENCE_INTRA_OP_THREADS: {intra}; server CPU excludes Redis and PostgreSQL. "
+        f"gunicorn {workers} workers × {threads} threads (gthread); Celery worker -P solo with "
+        f"{WORKER_THREADS} run threads; INFERENCE_INTRA_OP_THREADS: {intra}; server CPU excludes Redis and PostgreSQL. "
         f"(b)–(d): the median of {rounds} rounds (b and c alternating); ratios are medians of same-round pairs.",
         "",
         "| path | concurrency | req/s | p50 ms | p99 ms | failed | server CPU ms/req | context switches/req "
@@ -779,7 +779,7 @@ def main() -> int:
             procs.stop(web)
 
         if "d" not in skip or "batching" not in skip:
-            log(f"Celery worker (-P threads -c {CELERY_CONCURRENCY}) and gunicorn in celery mode")
+            log(f"Celery worker (-P solo, {WORKER_THREADS} run threads) and gunicorn in celery mode")
             celery_env = {**env, "INFERENCE_DISPATCH": "celery"}
             worker = celery_start(procs, env=celery_env, log_dir=work)
             web = gunicorn_start(

@@ -31,7 +31,10 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -115,8 +118,11 @@ def runs_cheaply(model: ModelRef) -> bool:
     process's memory, and its runs cheaper than ``INFERENCE_BATCH_MIN_RUN_MS`` (the batcher's measure), so that a
     call the admission then refuses has cost at most one such run. Such a model runs while the answer of the
     admission's round trip to Redis travels, instead of after it (inference/views.py)."""
-    if settings.INFERENCE_DISPATCH == "celery":
-        return False
+    return settings.INFERENCE_DISPATCH != "celery" and _loaded_and_cheap(model)
+
+
+def _loaded_and_cheap(model: ModelRef) -> bool:
+    """In this process's memory, with runs cheaper than ``INFERENCE_BATCH_MIN_RUN_MS`` (no load, no batch wait)."""
     hosted = model_host().loaded_get(model)
     return hosted is not None and hosted.batcher.cheap
 
@@ -183,6 +189,64 @@ def request_encode(
         "outputs": list(output_names) if output_names else None,
         "deadline_at": deadline_at,  # wall clock (time.time()): the worker is another process
     }
+
+
+def message_serve(requests: list[dict[str, Any]]) -> None:
+    """The worker's side of celery mode for one ``inference_run_many`` message (``{"payload", "reply_to"}`` each):
+    run its requests and push each answer to its caller's reply list.
+
+    Requests for a version loaded here whose runs are cheap (the batcher's measure) run at once, in the calling
+    thread: the worker's own, which received the message (workers run with ``-P solo``), so a cheap request
+    costs no hand-off between threads. The others (a model to load, or runs worth batching) go to the worker's
+    run threads (``INFERENCE_WORKER_THREADS``), where concurrent requests of one version meet in its batcher;
+    the worker goes on receiving meanwhile. When every run thread is busy, this waits for one: messages stay in
+    the broker, where their expiry applies, as with Celery's own thread pool."""
+    now: list[dict[str, Any]] = []
+    later: list[dict[str, Any]] = []
+    for request in requests:
+        cheap = _loaded_and_cheap(ModelRef.from_dict(request["payload"]["model"]))
+        (now if cheap else later).append(request)
+    if later:
+        run_threads_submit(partial(_requests_answer, later))
+    if now:
+        _requests_answer(now)
+
+
+def _requests_answer(requests: list[dict[str, Any]]) -> None:
+    answers = requests_run([request["payload"] for request in requests])
+    replies_push(
+        replies=[(request["reply_to"], answer) for request, answer in zip(requests, answers, strict=True)],
+        deadline_at=max(float(request["payload"]["deadline_at"]) for request in requests),
+    )
+
+
+_run_threads: ThreadPoolExecutor | None = None
+_run_slots: threading.BoundedSemaphore | None = None
+_run_threads_lock = threading.Lock()
+
+
+def run_threads_submit(work: Callable[[], None]) -> None:
+    """Run ``work`` on one of the worker's run threads (``INFERENCE_WORKER_THREADS``), waiting while all of them
+    are busy."""
+    global _run_threads, _run_slots
+    if _run_threads is None:
+        with _run_threads_lock:
+            if _run_threads is None:
+                _run_slots = threading.BoundedSemaphore(settings.INFERENCE_WORKER_THREADS)
+                _run_threads = ThreadPoolExecutor(settings.INFERENCE_WORKER_THREADS, thread_name_prefix="inference")
+    assert _run_slots is not None
+    slots = _run_slots
+    slots.acquire()
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:  # answers are values; this is a bug or Redis gone: the callers get their 503 at the deadline
+            logger.exception("Inference requests failed on a worker run thread")
+        finally:
+            slots.release()
+
+    _run_threads.submit(run)
 
 
 def request_run(payload: dict[str, Any]) -> dict[str, Any]:

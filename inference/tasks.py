@@ -11,12 +11,16 @@ acknowledged) is discarded, never run late.
 ``model_warm`` and ``model_evict`` are routed to a broadcast (fanout) queue, so every inference worker that
 consumes ``<INFERENCE_QUEUE>.broadcast`` runs them.
 
-Run inference workers as one process with threads, so concurrent requests for a model meet in its batcher:
-``celery -A marketplace worker -Q inference,inference.broadcast -P threads -c 16`` (one such process per GPU).
+Run inference workers as one process per GPU with Celery's solo pool:
+``celery -A marketplace worker -Q inference,inference.broadcast -P solo``. The worker's own thread receives the
+messages and runs cheap requests of loaded models itself; everything else runs on ``INFERENCE_WORKER_THREADS``
+threads of the same process, where concurrent requests for a model meet in its batcher
+(``dispatch.message_serve``). A ``-P threads`` worker works too, with one more hand-off between threads a message.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from celery import shared_task
@@ -29,12 +33,7 @@ def inference_run_many(requests: list[dict[str, Any]]) -> None:
     """The requests one web process sent together (``{"payload", "reply_to"}`` each): run them, batched where
     the model allows, and push each answer to its caller's Redis list (the caller BLPOPs it: one round trip
     each side, no pub/sub subscription, nothing to clean up). User errors are answers, never raised."""
-    answers = dispatch.requests_run([request["payload"] for request in requests])
-    deadline_at = max(float(request["payload"]["deadline_at"]) for request in requests)
-    dispatch.replies_push(
-        replies=[(request["reply_to"], answer) for request, answer in zip(requests, answers, strict=True)],
-        deadline_at=deadline_at,
-    )
+    dispatch.message_serve(requests)
 
 
 @shared_task(name="inference.inference_run", acks_late=False, ignore_result=False, max_retries=0)
@@ -55,7 +54,8 @@ def model_warm(version_id: int, model: dict[str, Any] | None = None) -> None:
         if version is None:
             return
         ref = dispatch.model_ref_from_version(version)
-    dispatch.model_warm(model=ref)
+    # On a run thread: the worker's own thread goes on receiving requests while the model downloads and loads.
+    dispatch.run_threads_submit(partial(dispatch.model_warm, model=ref))
 
 
 @shared_task(name="inference.model_evict", acks_late=False, ignore_result=True)

@@ -16,6 +16,9 @@ INFERENCE_BATCH_CONCURRENCY = env.int("INFERENCE_BATCH_CONCURRENCY", default=2)
 # Celery mode: requests that meet in one web process while a message is being sent go in the next message
 # together, up to this many (one publish, one worker receive and one batched run for all of them).
 INFERENCE_SEND_MAX_REQUESTS = env.int("INFERENCE_SEND_MAX_REQUESTS", default=64)
+# Celery mode, on an inference worker (``-P solo``): threads that run requests for models not loaded yet or not
+# cheap, so that concurrent ones meet in a version's batcher; cheap runs of loaded models use the worker's own.
+INFERENCE_WORKER_THREADS = env.int("INFERENCE_WORKER_THREADS", default=16)
 INFERENCE_MAX_BODY_BYTES = env.int("INFERENCE_MAX_BODY_BYTES", default=16 * 1024**2)
 INFERENCE_MAX_ELEMENTS = env.int("INFERENCE_MAX_ELEMENTS", default=2_000_000)
 INFERENCE_DEFAULT_RATE_PER_SECOND = env.int("INFERENCE_DEFAULT_RATE_PER_SECOND", default=100)

@@ -4,6 +4,7 @@ subprocess on the inference queue), with deadlines, a killed worker, and warm on
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 import threading
 import time
@@ -138,6 +139,67 @@ def test_a_model_runs_before_its_admission_only_inline_loaded_and_cheap(s3, sett
     assert dispatch.runs_cheaply(ref)
     settings.INFERENCE_DISPATCH = "celery"
     assert not dispatch.runs_cheaply(ref)  # the run is a worker's, after the admission
+
+
+def _worker_request(ref: ModelRef, x: np.ndarray) -> dict:
+    payload = dispatch.request_encode(model=ref, inputs={"input": x}, output_names=None, deadline_at=time.time() + 10)
+    return {"payload": payload, "reply_to": f"{dispatch.REPLY_KEY_PREFIX}test-{uuid.uuid4().hex}"}
+
+
+def _worker_answer(request: dict) -> dispatch.InferResult:
+    popped = dispatch._reply_client().blpop([request["reply_to"]], timeout=10)
+    assert popped is not None, "no answer pushed"
+    return dispatch.response_decode(json.loads(popped[1]))
+
+
+def test_a_worker_runs_cheap_requests_of_loaded_models_itself_and_the_rest_on_its_run_threads(
+    s3, settings, monkeypatch
+):
+    """message_serve (the inference_run_many task): no hand-off between threads for a cheap run of a loaded
+    model; a model to load, or one worth batching, goes to the run threads and the caller returns at once."""
+    settings.INFERENCE_BATCH_MIN_RUN_MS = 50.0  # every run of the classifier is far cheaper
+    data = onnx_classifier_bytes()
+    ref = _ref(s3, data, batchable=True)
+    x = np.random.default_rng(4).random((2, 4), dtype=np.float32)
+    ran_in: list[str] = []
+    requests_run = dispatch.requests_run
+
+    def recorded(payloads):
+        ran_in.append(threading.current_thread().name)
+        return requests_run(payloads)
+
+    monkeypatch.setattr(dispatch, "requests_run", recorded)
+
+    first = _worker_request(ref, x)
+    dispatch.message_serve([first])  # not loaded yet: loads on a run thread
+    np.testing.assert_array_equal(_worker_answer(first).outputs["label"], _expected(data, {"input": x})["label"])
+    assert ran_in[-1].startswith("inference")
+    hosted = model_host().model_get(ref)
+    for _ in range(64):  # one window of runs measures it cheap
+        hosted.batcher.submit(inputs={"input": x}, output_names=None)
+    assert hosted.batcher.cheap
+
+    cheap = [_worker_request(ref, x) for _ in range(3)]
+    dispatch.message_serve(cheap)
+    assert ran_in[-1] == threading.current_thread().name  # this thread: Celery's own, with -P solo
+    for request in cheap:
+        np.testing.assert_array_equal(_worker_answer(request).outputs["label"], _expected(data, {"input": x})["label"])
+
+
+def test_a_worker_waits_for_a_free_run_thread(settings, monkeypatch):
+    monkeypatch.setattr(dispatch, "_run_threads", None)
+    monkeypatch.setattr(dispatch, "_run_slots", None)
+    settings.INFERENCE_WORKER_THREADS = 1
+    release = threading.Event()
+    done: list[str] = []
+    dispatch.run_threads_submit(lambda: (release.wait(10), done.append("first")))
+    second = threading.Thread(target=dispatch.run_threads_submit, args=(lambda: done.append("second"),))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive() and done == []  # the only run thread is busy: the worker waits (messages stay queued)
+    release.set()
+    second.join(5)
+    wait_for(lambda: done == ["first", "second"], timeout=5, message="both should run, in order")
 
 
 def test_inline_input_that_ort_rejects_is_a_422(s3, settings):

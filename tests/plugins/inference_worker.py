@@ -9,7 +9,7 @@ Fixtures:
   test, so ``inference.dispatch.infer`` sends requests to it. ``.pid``, ``.kill()`` (SIGKILL by default),
   ``.log()``.
 
-A worker is ``celery -A marketplace worker -Q <INFERENCE_QUEUE>,<INFERENCE_BROADCAST_QUEUE> -P threads -c 16``
+A worker is ``celery -A marketplace worker -Q <INFERENCE_QUEUE>,<INFERENCE_BROADCAST_QUEUE> -P solo``
 with the test's database (the test database's name), broker, result backend, S3 settings and model cache
 dir in its environment. ``start`` returns once the worker answers a control ping, so its queues (the
 broadcast subscription included) are consumed.
@@ -156,11 +156,11 @@ def inference_worker_start(
 
     hostname = f"inference-{uuid.uuid4().hex[:10]}@{socket.gethostname()}"
     log_path = log_dir / f"{hostname.split('@')[0]}.log"
-    env = env if env is not None else inference_worker_env()
+    env = {**(env if env is not None else inference_worker_env()), "INFERENCE_WORKER_THREADS": str(concurrency)}
     queues = f"{settings.INFERENCE_QUEUE},{settings.INFERENCE_BROADCAST_QUEUE}"
     command = [
         sys.executable, "-m", "celery", "-A", "marketplace", "worker",
-        "-Q", queues, "-P", "threads", "-c", str(concurrency), "-n", hostname,
+        "-Q", queues, "-P", "solo", "-n", hostname,
         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
     ]  # fmt: skip
     with log_path.open("wb") as log:
