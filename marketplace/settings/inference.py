@@ -8,8 +8,10 @@ INFERENCE_DISPATCH = env.str("INFERENCE_DISPATCH", default="inline")
 INFERENCE_QUEUE = env.str("INFERENCE_QUEUE", default="inference")
 INFERENCE_DEADLINE_S = env.float("INFERENCE_DEADLINE_S", default=10.0)
 # Micro-batching is skipped for a model whose runs take less than this: handing a request to the batcher's
-# thread and back costs two thread switches, more than a batch could save (inference/batching.py).
-INFERENCE_BATCH_MIN_RUN_MS = env.float("INFERENCE_BATCH_MIN_RUN_MS", default=0.05)
+# thread and back costs two thread switches, more than a batch could save (inference/batching.py). On this
+# project's 2-core VM a switch costs ~0.05-0.1 ms, and the benchmark's tiny model, 0.015 ms a run in a loop,
+# costs 0.07-0.12 ms when each run follows a wake-up (an inference worker at concurrency 1: cold caches).
+INFERENCE_BATCH_MIN_RUN_MS = env.float("INFERENCE_BATCH_MIN_RUN_MS", default=0.15)
 # Batches of one version a process may run at once: with one intra-op thread a batch keeps one core busy, so a
 # single worker process needs two to use two cores while its queue is full.
 INFERENCE_BATCH_CONCURRENCY = env.int("INFERENCE_BATCH_CONCURRENCY", default=2)
