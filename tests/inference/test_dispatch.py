@@ -412,29 +412,36 @@ def test_celery_publish_warms_every_worker_and_withdraw_evicts_everywhere(
 class _SlowBroker:
     """A send function whose first message blocks until released, so that other requests pile up behind it."""
 
-    def __init__(self, *, fail_first: bool = False) -> None:
+    def __init__(self, *, fail: tuple[int, ...] = ()) -> None:
         self.messages: list[list[str]] = []
         self.release = threading.Event()
         self.first_started = threading.Event()
-        self.fail_first = fail_first
+        self.fail = fail  # indexes of the messages that fail
+        self.unsent: list[tuple[list[str], BaseException]] = []  # what the sender told its failed() about
 
     def __call__(self, requests: list[dict]) -> None:
-        first = not self.messages
+        index = len(self.messages)
         self.messages.append([r["id"] for r in requests])
-        if first:
+        if index == 0:
             self.first_started.set()
             assert self.release.wait(10)
-            if self.fail_first:
-                raise ConnectionError("broker down")
+        if index in self.fail:
+            raise ConnectionError("broker down")
+
+    def failed(self, requests: list[dict], error: BaseException) -> None:
+        self.unsent.append(([r["id"] for r in requests], error))
+
+    def sender(self, **limits) -> dispatch.GroupSender:
+        return dispatch.GroupSender(self, failed=self.failed, **limits)
 
 
-def _send_in_threads(sender: dispatch.GroupSender, ids: list[str], timeout_s: float = 10) -> dict[str, object]:
+def _send_in_threads(sender: dispatch.GroupSender, ids: list[str]) -> dict[str, object]:
     outcomes: dict[str, object] = {}
 
     def send(request_id: str) -> None:
         try:
-            sender.send({"id": request_id}, size=100, timeout_s=timeout_s)
-            outcomes[request_id] = "sent"
+            sender.send({"id": request_id}, size=100)
+            outcomes[request_id] = "returned"
         except Exception as exc:  # collected and asserted by the test
             outcomes[request_id] = exc
 
@@ -448,67 +455,97 @@ def _send_in_threads(sender: dispatch.GroupSender, ids: list[str], timeout_s: fl
 def test_group_sender_sends_a_lone_request_at_once():
     broker = _SlowBroker()
     broker.release.set()
-    sender = dispatch.GroupSender(broker)
+    sender = broker.sender()
 
-    sender.send({"id": "a"}, size=100, timeout_s=1)
-    sender.send({"id": "b"}, size=100, timeout_s=1)
+    sender.send({"id": "a"}, size=100)
+    sender.send({"id": "b"}, size=100)
 
     assert broker.messages == [["a"], ["b"]]
 
 
 def test_group_sender_sends_requests_that_arrive_during_a_send_together_up_to_the_limit():
     broker = _SlowBroker()
-    sender = dispatch.GroupSender(broker, max_requests=3)
+    sender = broker.sender(max_requests=3)
     first = _send_in_threads(sender, ["a"])
     assert broker.first_started.wait(5)
     rest = _send_in_threads(sender, ["b", "c", "d", "e", "f"])
-    time.sleep(0.05)
-    assert broker.messages == [["a"]]  # the others wait for the send in progress
+    for thread in rest["threads"]:
+        thread.join(5)
+    # They returned at once (their threads go and wait for their answers); "a"'s thread will send them.
+    assert rest["outcomes"] == dict.fromkeys("bcdef", "returned") and broker.messages == [["a"]]
+    assert first["threads"][0].is_alive()
 
     broker.release.set()
-    for thread in first["threads"] + rest["threads"]:
-        thread.join(10)
+    first["threads"][0].join(10)
 
     assert broker.messages == [["a"], ["b", "c", "d"], ["e", "f"]]
-    assert all(outcome == "sent" for outcome in {**first["outcomes"], **rest["outcomes"]}.values())
+    assert first["outcomes"] == {"a": "returned"} and broker.unsent == []
 
 
 def test_group_sender_respects_the_byte_limit_but_always_sends_the_oldest():
     broker = _SlowBroker()
     broker.release.set()
-    sender = dispatch.GroupSender(broker, max_bytes=150)
-    sender.send({"id": "big"}, size=10_000, timeout_s=1)  # over the limit alone: still sent
+    sender = broker.sender(max_bytes=150)
+    sender.send({"id": "big"}, size=10_000)  # over the limit alone: still sent
     assert broker.messages == [["big"]]
 
 
-def test_group_sender_gives_a_failed_send_to_every_request_in_that_message_only():
-    broker = _SlowBroker(fail_first=True)
-    sender = dispatch.GroupSender(broker)
+def test_group_sender_raises_a_failed_send_in_its_own_thread_and_hands_the_others_to_failed():
+    broker = _SlowBroker(fail=(0, 1))
+    sender = broker.sender(max_requests=2)
     first = _send_in_threads(sender, ["a"])
     assert broker.first_started.wait(5)
-    rest = _send_in_threads(sender, ["b", "c"])
+    rest = _send_in_threads(sender, ["b", "c", "d"])
     broker.release.set()
     for thread in first["threads"] + rest["threads"]:
         thread.join(10)
 
-    assert isinstance(first["outcomes"]["a"], ConnectionError)
-    assert rest["outcomes"] == {"b": "sent", "c": "sent"}  # their own message went out after the failure
-    assert broker.messages == [["a"], ["b", "c"]]
+    assert isinstance(first["outcomes"]["a"], ConnectionError)  # its own message failed
+    assert broker.messages == [["a"], ["b", "c"], ["d"]]  # the failures did not stop the queue
+    assert [(ids, type(error)) for ids, error in broker.unsent] == [(["b", "c"], ConnectionError)]
+    sender.send({"id": "e"}, size=100)  # nobody is left sending: the next request sends at once
+    assert broker.messages[-1] == ["e"]
 
 
-def test_group_sender_gives_up_on_a_request_still_waiting_at_its_deadline():
-    broker = _SlowBroker()
-    sender = dispatch.GroupSender(broker)
-    first = _send_in_threads(sender, ["a"])
-    assert broker.first_started.wait(5)
-    late = _send_in_threads(sender, ["b"], timeout_s=0.1)
-    late["threads"][0].join(5)
+def test_celery_requests_whose_message_failed_get_a_503_at_once(s3, settings, monkeypatch):
+    settings.INFERENCE_DISPATCH = "celery"
+    monkeypatch.setattr(dispatch, "_senders", {})
+    release = threading.Event()
+    messages: list[int] = []
 
-    assert isinstance(late["outcomes"]["b"], ModelUnavailable)
-    broker.release.set()
-    first["threads"][0].join(5)
-    sender.send({"id": "c"}, size=100, timeout_s=1)
-    assert broker.messages == [["a"], ["c"]]  # "b" was never sent
+    def broken(requests, *, queue):
+        messages.append(len(requests))
+        if len(messages) == 1:
+            assert release.wait(10)  # the others queue behind the first message
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(dispatch, "_requests_send", broken)
+    ref = _ref(s3, onnx_classifier_bytes())
+    outcomes: list[tuple[BaseException | None, float]] = []
+
+    def call() -> None:
+        started = time.monotonic()
+        try:
+            dispatch.infer(model=ref, inputs={"input": np.ones((1, 4), np.float32)}, output_names=None, deadline_s=10)
+            outcomes.append((None, time.monotonic() - started))
+        except ModelUnavailable as exc:
+            outcomes.append((exc, time.monotonic() - started))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    threads[0].start()
+    wait_for(lambda: messages == [1], timeout=5, message="the first message should be on its way")
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.2)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert messages == [1, 2]
+    assert len(outcomes) == 3
+    for error, elapsed in outcomes:
+        assert isinstance(error, ModelUnavailable) and "cannot be reached" in error.message
+        assert elapsed < 5  # told on their reply lists, not left to wait for the 10 s deadline
 
 
 def test_celery_concurrent_requests_share_messages(s3, inference_worker_process, monkeypatch):
