@@ -413,7 +413,7 @@ class GroupSender:
             with self._lock:
                 group = self._group_take()
                 if not group:
-                    self._busy = False  # a thread is sending; it empties the queue before it stops
+                    self._busy = False
                     break
             try:
                 self._send(group)
