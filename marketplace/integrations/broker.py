@@ -143,7 +143,7 @@ class RedisQueuePublisher:
         return task_id
 
 
-def redis_queue_publisher(*, app: Any, queue: str) -> RedisQueuePublisher | None:
+def redis_queue_publisher(*, app: Any, queue: str, timeout_s: float = 5.0) -> RedisQueuePublisher | None:
     """A direct publisher for ``queue``, or None where kombu must publish: a broker that is not one Redis URL, a
     global key prefix, eager tasks, or a queue whose exchange is not direct."""
     import redis
@@ -156,5 +156,5 @@ def redis_queue_publisher(*, app: Any, queue: str) -> RedisQueuePublisher | None
     if isinstance(declared, Broadcast) or declared.exchange.type != "direct":
         return None
     # socket_timeout: a hung broker fails the send (a 503 for its callers) instead of holding them.
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5, health_check_interval=30)
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=timeout_s, health_check_interval=30)
     return RedisQueuePublisher(app=app, queue=queue, client=client)

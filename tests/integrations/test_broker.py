@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -17,6 +20,7 @@ from kombu.transport import filesystem as kombu_filesystem
 
 from marketplace.celery import app
 from marketplace.integrations import broker
+from tests.inference.test_metering import _redis_that_stops_at_scripts
 
 
 def test_celery_uses_the_transport_for_a_redis_broker():
@@ -173,3 +177,18 @@ def test_a_direct_send_to_a_stopped_redis_raises_a_connection_error(monkeypatch)
     publisher = broker.redis_queue_publisher(app=other, queue="q")
     with pytest.raises(redis.ConnectionError):
         publisher.send(task="t", kwargs={}, expires_s=1.0)
+
+
+def test_a_direct_send_to_a_hung_redis_fails_after_its_timeout(monkeypatch):
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        threading.Thread(target=_redis_that_stops_at_scripts, args=(listener,), daemon=True).start()
+        other = Celery("other", set_as_current=False)
+        other.conf.update(broker_url=f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+        publisher = broker.redis_queue_publisher(app=other, queue="q", timeout_s=0.3)
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            publisher.send(task="t", kwargs={}, expires_s=1.0)
+        assert 0.3 <= time.monotonic() - started < 3
