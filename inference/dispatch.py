@@ -117,8 +117,18 @@ def runs_cheaply(model: ModelRef) -> bool:
     """Whether a call to this version may run before its admission is decided: inline mode, the version in this
     process's memory, and its runs cheaper than ``INFERENCE_BATCH_MIN_RUN_MS`` (the batcher's measure), so that a
     call the admission then refuses has cost at most one such run. Such a model runs while the answer of the
-    admission's round trip to Redis travels, instead of after it (inference/views.py)."""
-    return settings.INFERENCE_DISPATCH != "celery" and _loaded_and_cheap(model)
+    admission's round trip to Redis travels, instead of after it (inference/views.py). In celery mode: the workers'
+    answers said its runs are cheap; the request is sent while the admission travels."""
+    if settings.INFERENCE_DISPATCH == "celery":
+        # The request goes to a worker while the admission travels, and the call waits for the answer before it
+        # reads the decision: a refused call costs one cheap run on a worker, and its 429 comes a round trip later.
+        return _workers_cheap.get(model.version_id, False)
+    return _loaded_and_cheap(model)
+
+
+# Celery mode: version id → whether the last answer from a worker said its runs there are cheap (the worker's
+# batcher's measure, sent along with every answer).
+_workers_cheap: dict[int, bool] = {}
 
 
 def _loaded_and_cheap(model: ModelRef) -> bool:
@@ -294,6 +304,7 @@ def requests_run(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "queue_ms": result.queue_ms,
                     "compute_ms": result.compute_ms,
                     "batch_rows": result.batch_rows,
+                    "cheap": hosted.batcher.cheap,  # the web process may send the next one while admitting it
                 }
     return [answer or {} for answer in answers]
 
@@ -302,6 +313,13 @@ def _error_answer(exc: ModelUnavailable | InferenceFailed) -> dict[str, Any]:
     if isinstance(exc, InferenceFailed):
         return {"error": {"kind": "failed", "message": exc.message}}
     return {"error": {"kind": "unavailable", "message": exc.message, "retry_after": exc.retry_after}}
+
+
+def _answer_read(model: ModelRef, answer: dict[str, Any]) -> InferResult:
+    """A worker's answer for ``model``: its result (or its error, raised), and what it says of the model's cost."""
+    if "cheap" in answer:
+        _workers_cheap[model.version_id] = bool(answer["cheap"])
+    return response_decode(answer)
 
 
 def response_decode(answer: dict[str, Any]) -> InferResult:
@@ -522,7 +540,7 @@ def _infer_celery_reply(
         raise _unreachable(exc) from exc
     if popped is None:  # the worker died, is overloaded, or the model is slow: nothing is re-run (at most once)
         raise ModelUnavailable("No inference worker answered within the deadline.", retry_after=WORKER_RETRY_AFTER_S)
-    return response_decode(json.loads(popped[1]))
+    return _answer_read(model, json.loads(popped[1]))
 
 
 def _infer_celery(
@@ -573,7 +591,7 @@ def _infer_celery_backend(
             async_result.forget()
         except Exception:  # the result expires on its own (result_expires)
             pass
-    return response_decode(answer)
+    return _answer_read(model, answer)
 
 
 # --- warm on publish, evict on withdraw --------------------------------------------------------------------

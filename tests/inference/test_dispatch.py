@@ -138,7 +138,23 @@ def test_a_model_runs_before_its_admission_only_inline_loaded_and_cheap(s3, sett
         dispatch.infer(model=ref, inputs=x, output_names=None, deadline_s=10)
     assert dispatch.runs_cheaply(ref)
     settings.INFERENCE_DISPATCH = "celery"
-    assert not dispatch.runs_cheaply(ref)  # the run is a worker's, after the admission
+    assert not dispatch.runs_cheaply(ref)  # the run is a worker's, and no worker has said it is cheap
+
+
+def test_celery_a_model_the_workers_found_cheap_is_sent_while_its_admission_travels(
+    s3, inference_worker_factory, settings
+):
+    inference_worker_factory(INFERENCE_BATCH_MIN_RUN_MS="50")  # every run of the classifier is far cheaper
+    settings.INFERENCE_DISPATCH = "celery"
+    ref = _ref(s3, onnx_classifier_bytes(), batchable=True)
+    x = {"input": np.ones((1, 4), dtype=np.float32)}
+
+    dispatch.infer(model=ref, inputs=x, output_names=None, deadline_s=10)
+    assert not dispatch.runs_cheaply(ref)  # answered, but the worker's batcher has not measured a window yet
+    for _ in range(64):
+        dispatch.infer(model=ref, inputs=x, output_names=None, deadline_s=10)
+    assert dispatch.runs_cheaply(ref)
+    assert not model_host().is_loaded(ref.version_id)  # the worker's measure, not this process's
 
 
 def _worker_request(ref: ModelRef, x: np.ndarray) -> dict:

@@ -198,3 +198,31 @@ def live_server_redis_url() -> str:
     from django.conf import settings
 
     return settings.INFERENCE_REDIS_URL
+
+
+def test_celery_a_call_sent_while_its_admission_travels_counts_only_when_admitted(
+    client, db, s3, settings, inference_worker_factory
+):
+    """Celery mode, a model the workers found cheap: the request goes to a worker before the admission's answer is
+    read (inference.dispatch.runs_cheaply). An admitted call is charged once, an idempotent replay not again, and
+    a call over the quota is a 429 whose worker run counts for nothing."""
+    from inference import dispatch
+
+    inference_worker_factory(INFERENCE_BATCH_MIN_RUN_MS="50")  # every run of the classifier is far cheaper
+    settings.INFERENCE_DISPATCH = "celery"
+    version = publish_model(s3=s3, onnx_bytes=onnx_classifier_bytes(), slug="iris")
+    buyer = buyer_create(listing=version.listing, quota=70)
+    for _ in range(66):  # the worker's batcher measures one window of runs, and says so in its answers
+        assert _infer(client, buyer).status_code == 200
+    assert dispatch.runs_cheaply(dispatch.model_ref_from_version(version))
+
+    headers = {**buyer.django_headers, "HTTP_IDEMPOTENCY_KEY": "order-1"}
+    post = dict(path="/v2/models/iris/infer", data=json.dumps(BODY), content_type="application/json", **headers)
+    first = client.post(**post)
+    replay = client.post(**post)
+    assert first.status_code == replay.status_code == 200 and replay.content == first.content
+    assert [_infer(client, buyer).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+    usage_flush()
+    assert UsageRecord.objects.count() == 70  # 66 + the idempotent call once + 3; nothing for the refused one
+    assert list(InferenceError.objects.values_list("status", flat=True)) == [429]
