@@ -704,7 +704,10 @@ def main() -> int:
                 shape = "→".join(str(n) for n in sizes)
                 urls = {state: f"{base}/v2/models/{seeded.slugs[f'{name}-{state}']}/infer" for state in ("on", "off")}
                 for url in urls.values():
-                    http("warm-up", url, body, auth, 64, warmup)
+                    # As long as a measurement: every serving process loads its own copy of the model on its first
+                    # request, and ONNX Runtime's first runs at each new batch size are slow (the first round of
+                    # the large MLP with batching on ran at a third of the later ones after a 2 s warm-up).
+                    http("warm-up", url, body, auth, 64, max(warmup, duration))
                 for round_ in range(1, args.rounds + 1):
                     for state in ("on", "off") if round_ % 2 else ("off", "on"):
                         log(f"round {round_}: batching {state}, {name} MLP, {mode}, concurrency 64")
