@@ -488,8 +488,14 @@ def celery_start(procs: Processes, *, env: dict[str, str], log_dir: Path) -> sub
     queues = f"{env.get('INFERENCE_QUEUE', 'inference')},{env.get('INFERENCE_QUEUE', 'inference')}.broadcast"
     args = [PY, "-m", "celery", "-A", "marketplace", "worker", "-Q", queues, "-P", "solo", "-n", hostname,
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]  # fmt: skip
-    # As docs/operations.md runs inference workers: at-most-once tasks only, so no unacked bookkeeping.
-    worker_env = {**env, "CELERY_BROKER_ACK_EMULATION": "false", "INFERENCE_WORKER_THREADS": str(WORKER_THREADS)}
+    # As docs/operations.md runs inference workers: at-most-once tasks only, so no unacked bookkeeping; one batch
+    # runs while the next fills.
+    worker_env = {
+        **env,
+        "CELERY_BROKER_ACK_EMULATION": "false",
+        "INFERENCE_BATCH_CONCURRENCY": env.get("INFERENCE_BATCH_CONCURRENCY", "2"),
+        "INFERENCE_WORKER_THREADS": str(WORKER_THREADS),
+    }
     process = procs.start("celery", args, env=worker_env, log_dir=log_dir)
     deadline = time.monotonic() + 60
     while not app.control.ping(destination=[hostname], timeout=0.5):
@@ -526,10 +532,11 @@ def report(
     threads: int,
 ) -> str:
     intra = os.environ.get("INFERENCE_INTRA_OP_THREADS") or "1 (the default)"
+    batches = os.environ.get("INFERENCE_BATCH_CONCURRENCY") or "1 in the web processes (the default), 2 in the worker"
     rounds = max((len(measured) for measured in runs.values()), default=1)
     lines = [
         f"gunicorn {workers} workers × {threads} threads (gthread); Celery worker -P solo with "
-        f"{WORKER_THREADS} run threads; INFERENCE_INTRA_OP_THREADS: {intra}; server CPU excludes Redis and PostgreSQL. "
+        f"{WORKER_THREADS} run threads; INFERENCE_BATCH_CONCURRENCY: {batches}; INFERENCE_INTRA_OP_THREADS: {intra}; server CPU excludes Redis and PostgreSQL. "
         f"(b)–(d): the median of {rounds} rounds (b and c alternating); ratios are medians of same-round pairs.",
         "",
         "| path | concurrency | req/s | p50 ms | p99 ms | failed | server CPU ms/req | context switches/req "

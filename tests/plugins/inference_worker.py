@@ -129,8 +129,10 @@ def inference_worker_env(**extra: str) -> dict[str, str]:
             "S3_ACCESS_KEY_ID": settings.S3_ACCESS_KEY_ID,
             "S3_SECRET_ACCESS_KEY": settings.S3_SECRET_ACCESS_KEY,
             "PYTHONUNBUFFERED": "1",
-            # As docs/operations.md runs inference workers: at-most-once tasks only, no unacked bookkeeping.
+            # As docs/operations.md runs inference workers: at-most-once tasks only, no unacked bookkeeping; one
+            # batch runs while the next fills.
             "CELERY_BROKER_ACK_EMULATION": "false",
+            "INFERENCE_BATCH_CONCURRENCY": "2",
         }
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
