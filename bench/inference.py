@@ -536,7 +536,8 @@ def report(
     rounds = max((len(measured) for measured in runs.values()), default=1)
     lines = [
         f"gunicorn {workers} workers × {threads} threads (gthread); Celery worker -P solo with "
-        f"{WORKER_THREADS} run threads; INFERENCE_BATCH_CONCURRENCY: {batches}; INFERENCE_INTRA_OP_THREADS: {intra}; server CPU excludes Redis and PostgreSQL. "
+        f"{WORKER_THREADS} run threads; INFERENCE_BATCH_CONCURRENCY: {batches}; "
+        f"INFERENCE_INTRA_OP_THREADS: {intra}; server CPU excludes Redis and PostgreSQL. "
         f"(b)–(d): the median of {rounds} rounds (b and c alternating); ratios are medians of same-round pairs.",
         "",
         "| path | concurrency | req/s | p50 ms | p99 ms | failed | server CPU ms/req | context switches/req "
