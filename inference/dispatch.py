@@ -235,7 +235,7 @@ _run_slots: threading.BoundedSemaphore | None = None
 _run_threads_lock = threading.Lock()
 
 
-def run_threads_submit(work: Callable[[], None]) -> None:
+def run_threads_submit(work: Callable[[], object]) -> None:
     """Run ``work`` on one of the worker's run threads (``INFERENCE_WORKER_THREADS``), waiting while all of them
     are busy."""
     global _run_threads, _run_slots
