@@ -145,12 +145,15 @@ class RedisQueuePublisher:
 
 def redis_queue_publisher(*, app: Any, queue: str, timeout_s: float = 5.0) -> RedisQueuePublisher | None:
     """A direct publisher for ``queue``, or None where kombu must publish: a broker that is not one Redis URL, a
-    global key prefix, eager tasks, or a queue whose exchange is not direct."""
+    global key prefix, eager tasks, a serializer other than JSON or compressed bodies, or a queue whose exchange is
+    not direct."""
     import redis
 
-    url = app.conf.broker_url or ""
-    options = app.conf.broker_transport_options or {}
-    if not url.startswith(REDIS_SCHEMES) or ";" in url or options.get("global_keyprefix") or app.conf.task_always_eager:
+    conf = app.conf
+    url = conf.broker_url or ""
+    if not url.startswith(REDIS_SCHEMES) or ";" in url or (conf.broker_transport_options or {}).get("global_keyprefix"):
+        return None
+    if conf.task_always_eager or conf.task_serializer != "json" or conf.task_compression:
         return None
     declared = app.amqp.queues[queue]
     if isinstance(declared, Broadcast) or declared.exchange.type != "direct":

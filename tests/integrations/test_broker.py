@@ -164,6 +164,8 @@ def test_direct_publish_only_where_a_plain_redis_queue_takes_the_message(monkeyp
     prefixed = configured(broker_transport_options={"global_keyprefix": "tenant:"})
     assert broker.redis_queue_publisher(app=prefixed, queue="q") is None
     assert broker.redis_queue_publisher(app=configured(task_always_eager=True), queue="q") is None
+    assert broker.redis_queue_publisher(app=configured(task_serializer="pickle"), queue="q") is None
+    assert broker.redis_queue_publisher(app=configured(task_compression="gzip"), queue="q") is None
     fanout = configured(task_queues=[Broadcast("b", routing_key="b")])
     assert broker.redis_queue_publisher(app=fanout, queue="b") is None
     topic = configured(task_queues=[Queue("t", Exchange("t", type="topic"), routing_key="t.#")])
