@@ -106,6 +106,36 @@ def test_multiprocess_mode_aggregates_every_process(tmp_path):
     assert 'inference_batch_rows_sum{version="5"} 8.0' in stdout
 
 
+def test_a_gunicorn_worker_applies_its_tally_as_it_exits(tmp_path):
+    """scripts/gunicorn_conf.py's worker_exit hook: what a worker tallied in its last second reaches the metric
+    files (a child ended with os._exit, as gunicorn's workers end, runs no atexit hook)."""
+    script = textwrap.dedent(
+        """
+        import importlib.util, multiprocessing, django
+        django.setup()
+        from django.test import Client
+        from inference import metrics
+
+        spec = importlib.util.spec_from_file_location("gunicorn_conf", "scripts/gunicorn_conf.py")
+        gunicorn_conf = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(gunicorn_conf)
+
+        def serve_then_exit(hook):
+            metrics.TALLY.observe(metrics.BATCH_ROWS.labels(version="6"), 3)
+            if hook:
+                gunicorn_conf.worker_exit(None, None)
+
+        for hook in (True, False):
+            child = multiprocessing.get_context("fork").Process(target=serve_then_exit, args=(hook,))
+            child.start()
+            child.join()
+        print(Client().get("/metrics").content.decode())
+        """
+    )
+    stdout = _multiprocess_script(script, tmp_path)
+    assert 'inference_batch_rows_sum{version="6"} 3.0' in stdout  # the child without the hook lost its tally
+
+
 def test_tallied_observations_expose_what_direct_ones_would():
     """The tally applies bucket counts and sums through prometheus_client's own attributes: same exposition."""
     registry = CollectorRegistry()
