@@ -178,13 +178,7 @@ def test_a_worker_runs_cheap_requests_of_loaded_models_itself_and_the_rest_on_it
     ref = _ref(s3, data, batchable=True)
     x = np.random.default_rng(4).random((2, 4), dtype=np.float32)
     ran_in: list[str] = []
-    requests_run = dispatch.requests_run
-
-    def recorded(payloads):
-        ran_in.append(threading.current_thread().name)
-        return requests_run(payloads)
-
-    monkeypatch.setattr(dispatch, "requests_run", recorded)
+    monkeypatch.setattr(dispatch, "requests_run", _recording(dispatch.requests_run, ran_in))
 
     first = _worker_request(ref, x)
     dispatch.message_serve([first])  # not loaded yet: loads on a run thread
@@ -297,9 +291,11 @@ def test_celery_messages_go_straight_to_redis_or_through_apply_async_on_other_br
         np.testing.assert_array_equal(result.outputs["label"], _expected(data, {"input": x})["label"])
 
 
-def _recording(function, calls: list[str], name: str):
+def _recording(function, calls: list[str], name: str | None = None):
+    """``function``, appending ``name`` (by default the calling thread's name) to ``calls`` on every call."""
+
     def recorded(*args, **kwargs):
-        calls.append(name)
+        calls.append(name or threading.current_thread().name)
         return function(*args, **kwargs)
 
     return recorded

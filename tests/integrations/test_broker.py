@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta
+from functools import partial
 
 import pytest
 import redis
@@ -149,14 +150,17 @@ def test_a_direct_message_is_the_one_apply_async_writes():
     assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
 
 
-def test_direct_publish_only_where_a_plain_redis_queue_takes_the_message(monkeypatch):
-    redis_url = app.conf.broker_url
+def _other_app(monkeypatch, **conf) -> Celery:
+    """A Celery app of its own configuration: the test broker unless ``broker_url`` says otherwise."""
+    conf = {"broker_url": app.conf.broker_url, **conf}
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery reads it before its configuration
+    other = Celery("other", set_as_current=False)
+    other.conf.update(conf)
+    return other
 
-    def configured(**conf) -> Celery:
-        other = Celery("other", set_as_current=False)
-        other.conf.update({"broker_url": redis_url, **conf})
-        return other
+
+def test_direct_publish_only_where_a_plain_redis_queue_takes_the_message(monkeypatch):
+    configured = partial(_other_app, monkeypatch)
 
     assert broker.redis_queue_publisher(app=configured(), queue="q") is not None
     assert broker.redis_queue_publisher(app=configured(broker_url="filesystem://"), queue="q") is None
@@ -173,22 +177,18 @@ def test_direct_publish_only_where_a_plain_redis_queue_takes_the_message(monkeyp
 
 
 def test_a_direct_send_to_a_stopped_redis_raises_a_connection_error(monkeypatch):
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-    other = Celery("other", set_as_current=False)
-    other.conf.update(broker_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    other = _other_app(monkeypatch, broker_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
     publisher = broker.redis_queue_publisher(app=other, queue="q")
     with pytest.raises(redis.ConnectionError):
         publisher.send(task="t", kwargs={}, expires_s=1.0)
 
 
 def test_a_direct_send_to_a_hung_redis_fails_after_its_timeout(monkeypatch):
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         threading.Thread(target=_redis_that_stops_at_scripts, args=(listener,), daemon=True).start()
-        other = Celery("other", set_as_current=False)
-        other.conf.update(broker_url=f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+        other = _other_app(monkeypatch, broker_url=f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
         publisher = broker.redis_queue_publisher(app=other, queue="q", timeout_s=0.3)
         started = time.monotonic()
         with pytest.raises(redis.TimeoutError):
