@@ -196,6 +196,28 @@ def test_a_worker_runs_cheap_requests_of_loaded_models_itself_and_the_rest_on_it
         np.testing.assert_array_equal(_worker_answer(request).outputs["label"], _expected(data, {"input": x})["label"])
 
 
+def test_the_warm_task_returns_while_the_model_loads_on_a_run_thread(monkeypatch):
+    """With -P solo the task runs on the worker's only receiving thread: a warm-up must not hold it for a load."""
+    from inference import tasks
+
+    loading, release = threading.Event(), threading.Event()
+    loaded_in: list[str] = []
+
+    def slow_warm(*, model: ModelRef) -> bool:
+        loaded_in.append(threading.current_thread().name)
+        loading.set()
+        return release.wait(10)
+
+    monkeypatch.setattr(dispatch, "model_warm", slow_warm)
+    ref = ModelRef(next(_version_ids), "artifacts/warm/model.onnx", "0" * 64)
+    tasks.model_warm(ref.version_id, ref.to_dict())  # the task's body, in this thread; it returns at once
+    try:
+        assert loading.wait(5) and loaded_in[0].startswith("inference")
+        assert not release.is_set()  # the load is still going on, and the task has returned
+    finally:
+        release.set()
+
+
 def test_a_worker_waits_for_a_free_run_thread(settings, monkeypatch):
     monkeypatch.setattr(dispatch, "_run_threads", None)
     monkeypatch.setattr(dispatch, "_run_slots", None)
