@@ -8,7 +8,7 @@ worker batches them. Tensors travel as base64 of their raw bytes with dtype and 
 number lists.
 
 With a Redis broker a message is pushed straight onto the queue's list, in the format ``apply_async`` would write
-(``broker.RedisQueuePublisher``: an eighth of its CPU cost); a stock Celery worker consumes it.
+(``broker.RedisQueuePublisher``, a fraction of its CPU cost); a stock Celery worker consumes it.
 
 Each answer comes back through a Redis list named in the message (``reply_to``): the worker RPUSHes all the
 answers of a message in one pipeline (with a TTL), each caller BLPOPs its own until the deadline. That is one
@@ -492,8 +492,8 @@ def _publisher(queue: str) -> broker.RedisQueuePublisher | None:
 
 
 def _requests_send(requests: list[dict[str, Any]], *, queue: str) -> None:
-    """One ``inference_run_many`` message: pushed straight onto a Redis broker's queue (an eighth of the CPU of
-    ``apply_async``, marketplace/integrations/broker.py), through ``apply_async`` on any other broker."""
+    """One ``inference_run_many`` message: pushed straight onto a Redis broker's queue (a fraction of the CPU of
+    ``apply_async``: marketplace/integrations/broker.py), through ``apply_async`` on any other broker."""
     from inference.tasks import inference_run_many
 
     deadline_at = max(float(request["payload"]["deadline_at"]) for request in requests)

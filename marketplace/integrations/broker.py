@@ -16,12 +16,13 @@ an empty file and died on a JSONDecodeError (seen in ``make run``). Here a messa
 consumer ignores and renamed into place when complete (``os.replace``: atomic in one directory).
 
 Direct publish (:class:`RedisQueuePublisher`): a task message for a direct queue on a Redis broker is, on the
-wire, one ``LPUSH <queue> <envelope>``, but ``Task.apply_async`` takes ~0.9 ms of CPU on this project's 2-core VM
-to get there (routing, a producer from the pool, entity declaration and copies, signals, kombu's envelope): about
-a third of a celery-mode web process's time under load. The publisher builds the message with Celery's own
-protocol builder (``app.amqp.as_task_v2``), wraps it as kombu's Redis channel would (``basic_publish`` for the
-anonymous exchange, then ``_put`` at priority 0) and pushes it: ~0.05 ms plus the round trip. The worker side is
-untouched: a stock Celery worker consumes it. A test compares its messages with ``apply_async``'s.
+wire, one ``LPUSH <queue> <envelope>``, but ``Task.apply_async`` gets there through routing, a producer from the
+pool, entity declaration and copies, signals and kombu's envelope: 0.83–0.97 ms of CPU a message in a loop on this
+project's 2-core VM, and a third of a celery-mode web process's GIL time at concurrency 32 (one-off measurements,
+docs/benchmarks.md). The publisher builds the message with Celery's own protocol builder (``app.amqp.as_task_v2``),
+wraps it as kombu's Redis channel would (``basic_publish`` for the anonymous exchange, then ``_put`` at priority 0)
+and pushes it: 0.05–0.07 ms in the same loop, plus the round trip. The worker side is untouched: a stock Celery
+worker consumes it. A test compares its messages with ``apply_async``'s.
 
 Selected by ``CELERY_BROKER_TRANSPORT`` (marketplace/settings/celery.py) for Redis and filesystem broker URLs.
 """
