@@ -14,8 +14,8 @@ INFERENCE_DEADLINE_S = env.float("INFERENCE_DEADLINE_S", default=10.0)
 INFERENCE_BATCH_MIN_RUN_MS = env.float("INFERENCE_BATCH_MIN_RUN_MS", default=0.15)
 # Batches of one version a process may run at once; with one intra-op thread a batch keeps one core busy. One for
 # web processes hosting models inline (a machine runs several, one batch each: with two each, the large MLP of
-# bench/inference.py cost 12.7 instead of 10.2 ms of CPU a row, docs/benchmarks.md); an inference worker, one process per GPU or
-# machine, runs with 2 (docs/operations.md), so that one batch runs while the next one fills.
+# bench/inference.py cost 12.7 instead of 10.2 ms of CPU a row, docs/benchmarks.md); an inference worker, one
+# process per GPU or machine, runs with 2 (docs/operations.md), so that one batch runs while the next one fills.
 INFERENCE_BATCH_CONCURRENCY = env.int("INFERENCE_BATCH_CONCURRENCY", default=1)
 # Celery mode: requests that meet in one web process while a message is being sent go in the next message
 # together, up to this many (one publish, one worker receive and one batched run for all of them).
