@@ -213,9 +213,13 @@ def message_serve(requests: list[dict[str, Any]]) -> None:
     the broker, where their expiry applies, as with Celery's own thread pool."""
     now: list[dict[str, Any]] = []
     later: list[dict[str, Any]] = []
+    cheap: dict[tuple[int, str], bool] = {}  # per version in this message, not per request
     for request in requests:
-        cheap = _loaded_and_cheap(ModelRef.from_dict(request["payload"]["model"]))
-        (now if cheap else later).append(request)
+        model = request["payload"]["model"]
+        key = (model["version_id"], model["artifact_sha256"])
+        if key not in cheap:
+            cheap[key] = _loaded_and_cheap(ModelRef.from_dict(model))
+        (now if cheap[key] else later).append(request)
     if later:
         run_threads_submit(partial(_requests_answer, later))
     if now:

@@ -588,8 +588,9 @@ def _infer(request: HttpRequest, call: _Call, api_key: Any, slug: str, version: 
     metering = metering_backend()
     ran: _Ran | None = None
     if runs_cheaply(served.model):
-        # A model whose runs cost less than the admission's round trip to Redis runs while its answer travels;
-        # the result is used only if the call is admitted (a refused call cost one cheap run more).
+        # A cheap model (inline: runs cheaper than the admission's round trip; celery: a worker said so) runs while
+        # the admission's answer travels; the result is used only if the call is admitted (a refused call cost one
+        # cheap run more).
         pending = metering.admit_begin(admission)
         try:
             ran = _run(served, parsed) if pending.may_run else None
