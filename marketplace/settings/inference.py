@@ -26,6 +26,10 @@ INFERENCE_WORKER_THREADS = env.int("INFERENCE_WORKER_THREADS", default=16)
 INFERENCE_MAX_BODY_BYTES = env.int("INFERENCE_MAX_BODY_BYTES", default=16 * 1024**2)
 INFERENCE_MAX_ELEMENTS = env.int("INFERENCE_MAX_ELEMENTS", default=2_000_000)
 INFERENCE_DEFAULT_RATE_PER_SECOND = env.int("INFERENCE_DEFAULT_RATE_PER_SECOND", default=100)
+# Admission leases: a key calling at a high rate (rate x lease >= 4 calls) is granted up to 32 calls at once by the
+# Redis admission, which this process then admits without a round trip for at most this long (inference/metering.py).
+# 0 turns leases off: every call is one round trip.
+INFERENCE_ADMISSION_LEASE_MS = env.int("INFERENCE_ADMISSION_LEASE_MS", default=100)
 INFERENCE_PREFER_GPU = env.bool("INFERENCE_PREFER_GPU", default=True)
 # One intra-op thread per session by default: a server runs many requests at once (and micro-batches them), and
 # ONNX Runtime's per-core spinning thread pool in every process would eat the CPU those requests need.

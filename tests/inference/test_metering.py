@@ -10,6 +10,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from django.test import override_settings
 from django.utils import timezone
@@ -417,3 +418,188 @@ def test_flush_command_and_beat_task(settings, buyer):
     app.loader.import_default_modules()
     scheduled = settings.CELERY_BEAT_SCHEDULE["inference-usage-flush"]
     assert scheduled["task"] in app.tasks and scheduled["schedule"] <= 5
+
+
+# --- admission leases ------------------------------------------------------------------------------------------
+
+
+def _evalsha_calls() -> int:
+    return int(redis_client().info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def _quota_admission(buyer, *, quota: int, **overrides) -> Admission:
+    subscription = buyer.subscription
+    return _admission(
+        api_key_id=buyer.api_key.pk, subscription_id=subscription.pk, quota_units=quota,
+        period_start=subscription.current_period_start, period_end=subscription.current_period_end, **overrides,
+    )  # fmt: skip
+
+
+def test_a_fast_key_gets_a_lease_whose_calls_make_no_round_trip(settings, buyer):
+    backend = RedisMetering(settings.INFERENCE_REDIS_URL, lease_ms=500)
+    admission = _quota_admission(buyer, quota=100_000, rate_limit=1000)
+    client = redis_client()
+    first = backend.admit(admission)
+    # The first call's admission reserved a whole lease: 32 calls (1000/s x 0.5 s, at most 32) and their units.
+    assert first.outcome == "ok" and first.units_before == 0
+    assert client.get(admission.quota_key) == b"32"
+    sent = _evalsha_calls()
+    befores = [backend.admit(admission).units_before for _ in range(31)]
+    assert befores == list(range(1, 32))  # each call its own place in the period's units
+    assert _evalsha_calls() == sent  # no round trip
+    assert client.get(admission.quota_key) == b"32"
+    # Spent: the next call asks Redis again, for the next lease.
+    assert backend.admit(admission).units_before == 32
+    assert _evalsha_calls() == sent + 1 and client.get(admission.quota_key) == b"64"
+    # Ending the leases gives the unused units back: the counter says what was used.
+    backend.leases_release()
+    assert client.get(admission.quota_key) == b"33"
+
+
+def test_an_expired_lease_gives_its_unused_units_back_by_itself(settings, buyer):
+    backend = RedisMetering(settings.INFERENCE_REDIS_URL, lease_ms=150)
+    admission = _quota_admission(buyer, quota=100_000, rate_limit=1000, units=2)
+    assert backend.admit(admission).outcome == "ok"
+    client = redis_client()
+    assert client.get(admission.quota_key) == b"64"  # a lease of 32 calls of 2 units
+    deadline = time.monotonic() + 3
+    while client.get(admission.quota_key) != b"2" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.get(admission.quota_key) == b"2"  # the returner thread ended it, with no call to prompt it
+    # An expired lease admits nothing: the next call is a round trip again.
+    sent = _evalsha_calls()
+    assert backend.admit(admission).units_before == 2
+    assert _evalsha_calls() == sent + 1
+
+
+def test_no_lease_for_slow_keys_idempotent_calls_counted_plans_or_when_off(settings, buyer):
+    url = settings.INFERENCE_REDIS_URL
+    client = redis_client()
+    cases = [
+        (RedisMetering(url, lease_ms=100), {"rate_limit": 30}),  # 3 calls a lease: not worth it
+        (RedisMetering(url, lease_ms=0), {"rate_limit": 1000}),
+        (RedisMetering(url, lease_ms=500), {"rate_limit": 1000, "counted": True}),  # its price depends on the place
+    ]
+    for backend, overrides in cases:
+        metering_keys_clear()
+        admission = _quota_admission(buyer, quota=100_000, **overrides)
+        for n in range(1, 4):
+            assert backend.admit(admission).units_before == n - 1
+            assert client.get(admission.quota_key) == str(n).encode(), overrides
+    metering_keys_clear()
+    backend = RedisMetering(url, lease_ms=500)
+    for n in range(3):
+        idempotent = _quota_admission(buyer, quota=100_000, idempotency=Idempotency(f"inf:idem:1:{n}", "fp"))
+        assert backend.admit(idempotent).outcome == "ok"
+    assert client.get(idempotent.quota_key) == b"3"
+
+
+def test_leases_in_several_processes_spend_a_quota_exactly(settings, buyer):
+    """Four processes (backends) at once: leases while the quota has room, call by call near its end, and every
+    unit of it admitted exactly once, none over, once the leases' unused units are back."""
+    backends = [RedisMetering(settings.INFERENCE_REDIS_URL, lease_ms=500) for _ in range(4)]
+    admission = _quota_admission(buyer, quota=2000, rate_limit=100_000)
+    admitted = []
+    lock = threading.Lock()
+
+    def spend(backend: RedisMetering) -> None:
+        while True:
+            decision = backend.admit(admission)
+            if decision.outcome != "ok":
+                assert decision.outcome == "quota_exceeded"
+                return
+            with lock:
+                admitted.append(decision.units_before)
+
+    sent = _evalsha_calls()
+    for _round in range(2):  # the second round spends what the first round's leases gave back
+        threads = [threading.Thread(target=spend, args=(backend,)) for backend in backends]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for backend in backends:
+            backend.leases_release()
+    assert sorted(admitted) == list(range(2000))  # every place once
+    assert redis_client().get(admission.quota_key) == b"2000"
+    assert _evalsha_calls() - sent < 1500  # leases saved round trips while far from the quota
+
+
+def test_leases_keep_a_key_within_its_rate_over_every_window(settings, monkeypatch):
+    """A lease's calls are spent up to its lifetime after Redis counted them; a key with leases has a burst shorter
+    by that lifetime, so over any window its calls stay within what one round trip a call allows:
+    ``rate x window + rate`` (GCRA with a burst of ``rate``)."""
+    rate = 400
+    backends = [RedisMetering(settings.INFERENCE_REDIS_URL, lease_ms=100) for _ in range(3)]  # 32 calls a lease
+    admission = _admission(rate_limit=rate)
+    spans: list[tuple[float, float]] = []  # each admitted call happened between these two readings of the clock
+    granted = []
+    install = RedisMetering._lease_install
+
+    def counting_install(self, admission, result, **kwargs):
+        granted.append(int(result[2]))
+        install(self, admission, result, **kwargs)
+
+    monkeypatch.setattr(RedisMetering, "_lease_install", counting_install)
+    stop = time.monotonic() + 1.5
+
+    def call(backend: RedisMetering) -> None:
+        while time.monotonic() < stop:
+            began = time.monotonic()
+            if backend.admit(admission).outcome == "ok":
+                spans.append((began, time.monotonic()))
+
+    threads = [threading.Thread(target=call, args=(backend,)) for backend in backends for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(spans) >= rate * 1.5  # the burst and the refill were used
+    spans.sort()
+    began = np.array([span[0] for span in spans])
+    ended = np.array([span[1] for span in spans])
+    for window in (0.01, 0.05, 0.25, 0.5, 1.0):
+        # The calls surely inside each window (both readings in it): never more than the limit allows.
+        most = max(int(np.count_nonzero(ended[i:] <= start + window)) for i, start in enumerate(began))
+        assert most <= rate * window + rate + 1, (window, most)
+    # Leases while the key had room (most of the first burst); at its limit, call by call.
+    assert sum(n for n in granted if n > 1) >= rate / 2
+
+
+def test_a_lease_spent_late_does_not_let_a_key_over_its_rate(settings):
+    """The worst case for leases: one process takes a lease and spends it at the end of its lifetime, right after
+    another process used the key's whole burst. Counted when granted, those calls would have been refilled by
+    then; the key's shorter burst leaves room for them."""
+    rate, lease_ms = 400, 300
+    holder, other = (RedisMetering(settings.INFERENCE_REDIS_URL, lease_ms=lease_ms) for _ in range(2))
+    admission = _admission(rate_limit=rate)
+    assert holder.admit(admission).outcome == "ok"  # a lease of 32 calls; 31 held
+    time.sleep(lease_ms / 1000 * 2 / 3)
+    began = time.monotonic()
+    burst = 0
+    while other.admit(admission).outcome == "ok":
+        burst += 1
+    held = [holder.admit(admission).outcome for _ in range(31)]
+    ended = time.monotonic()
+    assert held == ["ok"] * 31, "the lease expired before it was spent: too slow a machine for this test"
+    shorter = rate - rate * lease_ms // 1000  # a second's burst minus the lease's lifetime, and the refill meanwhile
+    assert shorter <= burst <= shorter + rate * (ended - began) + 1
+    assert burst + 31 <= rate * (ended - began) + rate + 1
+
+
+def test_a_forked_child_does_not_spend_its_parents_lease(settings):
+    import os
+
+    backend = RedisMetering(settings.INFERENCE_REDIS_URL, lease_ms=500)
+    admission = _admission(rate_limit=1000)
+    backend.admit(admission)
+    assert backend._leases  # the parent holds a lease
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh table
+        os.write(write, b"1" if not backend._leases else b"0")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert backend._leases
