@@ -45,6 +45,7 @@ import redis
 import redis.connection
 from django.conf import settings
 
+from inference import metrics
 from inference.json_codec import json_dumps
 from inference.usage_spool import UsageSpool, usage_spool_get
 from marketplace.errors import ApplicationError
@@ -450,8 +451,10 @@ class RedisMetering:
                 result = self._admit_run(keys, args, attempts=attempts)
             outcome = result[0].decode()
             if outcome != "seed":
-                if outcome == "ok" and lease_calls:
-                    self._lease_install(admission, result, lease_calls=lease_calls, sent_at=sent_at)
+                if outcome == "ok":
+                    metrics.TALLY.count(metrics.ADMITTED_BY_REDIS)
+                    if lease_calls:
+                        self._lease_install(admission, result, lease_calls=lease_calls, sent_at=sent_at)
                 return self._decision(outcome, result, admission)
             self._quota_seed(admission)
             result = None
@@ -556,6 +559,7 @@ class RedisMetering:
                     if lease.quota_key:
                         lease.units -= admission.units
                         lease.position += admission.units
+                    metrics.TALLY.count(metrics.ADMITTED_BY_LEASE)
                     return Decision("ok", units_before=before if before >= 0 else None), 0
                 self._lease_end(lease)
             self._leases[key] = _REFILLING

@@ -88,6 +88,14 @@ PROVIDER_INFO = Gauge(
 PROVIDER_RUNS = Counter(
     "inference_provider_rows_total", "Rows computed, by the execution provider that ran them.", ["provider"]
 )
+ADMISSIONS = Counter(
+    "inference_admissions_total",
+    "Admitted /v2 calls by where they were decided: redis (one round trip, which may grant a lease) or lease (from "
+    "a lease this process holds, no round trip).",
+    ["way"],
+)
+ADMITTED_BY_REDIS = ADMISSIONS.labels(way="redis")
+ADMITTED_BY_LEASE = ADMISSIONS.labels(way="lease")
 MEMORY_BYTES = Gauge(
     "model_memory_bytes", "Accounted bytes of the sessions held in memory.", multiprocess_mode="livesum"
 )

@@ -396,6 +396,42 @@ def test_quota_counts_what_the_ledger_already_holds(client, iris, admission_orde
     _error(_infer(client, buyer), 429, "quota_exceeded")
 
 
+def test_a_fast_key_is_admitted_from_leases_and_metered_exactly(client, iris, admission_order):
+    """At 1,000 calls/s a key's calls are granted 32 at a time (INFERENCE_ADMISSION_LEASE_MS, 100 ms): one
+    admission (Lua script) for the 33rd of 40 calls after the first; every call recorded once; the quota counter
+    exact once the leases end."""
+    from inference.metering import metering_backend
+    from tests.inference.api_support import redis_client
+
+    buyer = buyer_create(listing=iris.listing, quota=100_000, rate_limit=1000)
+    redis = redis_client()
+    evalsha = lambda: int(redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))  # noqa: E731
+    from prometheus_client import REGISTRY
+
+    from inference import metrics
+
+    def admitted(way: str) -> float:
+        metrics.flush()
+        return REGISTRY.get_sample_value("inference_admissions_total", {"way": way}) or 0.0
+
+    units = []
+    by_redis, by_lease = admitted("redis"), admitted("lease")
+    for n in range(40):
+        if n == 1:  # the first call's admission also seeded the quota counter (a flush, scripts of its own)
+            before = evalsha()
+        response = _infer(client, buyer)
+        assert response.status_code == 200, response.content
+        units.append(int(response["X-Usage-Units"]))
+    assert evalsha() - before == 1
+    assert (admitted("redis") - by_redis, admitted("lease") - by_lease) == (2, 38)  # shown on /metrics
+    assert _ledger() == (40, 0)
+    backend = metering_backend()
+    quota_key = next(key for key in redis.scan_iter("inf:quota:*") if f":{buyer.subscription.pk}:".encode() in key)
+    assert int(redis.get(quota_key)) == 64 * 2  # two leases of 32 calls of 2 units, held
+    backend.leases_release()
+    assert int(redis.get(quota_key)) == sum(units) == 80
+
+
 # --- idempotency ---------------------------------------------------------------------------------------
 
 
