@@ -4,8 +4,9 @@ One :class:`Batcher` per hosted version. For a batchable model (every input and 
 dimension) concurrent requests are queued and a dispatcher thread runs them together:
 
 - it takes the oldest request and collects compatible ones (same trailing shapes and dtypes, same requested
-  outputs) until ``max_batch_size`` rows, waiting at most ``max_queue_delay_ms`` after the oldest arrived,
-  and only while other requests are in flight that could still join; a request alone runs at once;
+  outputs) until ``max_batch_size`` rows, waiting at most ``max_queue_delay_ms`` from the moment it is free to
+  take them, and only while other requests are in flight that could still join (among them the callers of the
+  batch it just ran, who under load come straight back with their next requests); a request alone runs at once;
 - it concatenates the inputs along axis 0, runs the session once and hands each caller a view of its own rows;
 - when the batched run fails, or an output does not have one row per input row, every request is re-run
   alone, so one bad request cannot fail the others;
@@ -378,7 +379,9 @@ class Batcher:
                 return None
         first = self._queue.popleft()
         batch, rows = [first], first.rows
-        flush_at = first.enqueued + self.max_queue_delay_s
+        # The delay counts from now, not from when the oldest request arrived: one that waited while the previous
+        # batch ran could not have run sooner, and the callers that batch just answered are about to send more.
+        flush_at = time.perf_counter() + self.max_queue_delay_s
         while rows < self.max_batch_size:
             rows, self._queue = _fill(batch, rows, self._queue, self.max_batch_size)
             if rows >= self.max_batch_size:

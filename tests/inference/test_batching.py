@@ -190,6 +190,49 @@ def test_a_queued_request_waits_at_most_the_queue_delay():
     batcher.close()
 
 
+def test_a_dispatcher_free_again_waits_for_the_callers_it_just_answered():
+    """Under load, the callers of a batch come straight back with their next requests. Y waited in the queue while
+    a batch of two ran; once it is done, the dispatcher waits (at most the queue delay, from then) while those two
+    callers are still in flight, and their next requests join Y's batch, where taking Y at once (it had waited
+    longer than the delay already) would run it alone and leave them for the batch after: on a busy machine such
+    small batches cost most per row and leave the requests' own work the least CPU."""
+    handle = _session(onnx_classifier_bytes())
+    rows: list[int] = []
+
+    def run(feeds, output_names):
+        x = feeds["input"]
+        rows.append(x.shape[0])
+        if x[0, 0] == 9:  # a marked request: a slow run, for the others to queue behind
+            time.sleep(0.3)
+        return runtime.session_run(handle, feeds, output_names)
+
+    batcher = Batcher(run=run, name="t-back", batchable=True, max_batch_size=32, max_queue_delay_ms=50)
+    slow, quick = np.full((1, 4), 9, dtype=np.float32), np.ones((1, 4), dtype=np.float32)
+
+    def submit(x):
+        return batcher.submit(inputs={"input": x}, output_names=None, timeout_s=10)
+
+    def twice(_index):  # a marked request, then straight away the next one, as a server thread does
+        submit(slow)
+        return submit(quick)
+
+    alone = threading.Thread(target=submit, args=(slow,))
+    alone.start()  # runs alone, in its own thread: the others queue
+    while not rows:
+        time.sleep(0.001)
+    callers = threading.Thread(target=lambda: _concurrently(2, twice))
+    callers.start()
+    while len(rows) < 2:  # the two marked requests run as one batch
+        time.sleep(0.001)
+    late = submit(quick)  # queued behind that batch
+    callers.join()
+    alone.join()
+
+    assert rows[:2] == [1, 2], rows
+    assert late.batch_rows == 3 and rows[2:] == [3], rows  # Y with both callers' next requests
+    batcher.close()
+
+
 def test_requests_with_different_shapes_or_outputs_do_not_share_a_batch():
     handle = _session(onnx_classifier_bytes())
     run = RecordingRun(handle, first_delay_s=0.05)
