@@ -14,7 +14,7 @@ Two backends behind one interface, chosen by ``settings.INFERENCE_REDIS_URL``:
   admission asks for a lease (``INFERENCE_ADMISSION_LEASE_MS`` x rate, 4 to 32 calls, and as many units as the call
   times that) is admitted with it, and this process admits the lease's other calls from memory, with no round
   trip, until they are spent or the lease is ``INFERENCE_ADMISSION_LEASE_MS`` old (counted from before the request
-  was sent). Redis grants a lease whole and atomically, or decides the call alone exactly as before: a key at its
+  was sent); while one thread asks for the next lease, the process's other calls for the key wait for it. Redis grants a lease whole and atomically, or decides the call alone exactly as before: a key at its
   limit and a subscription near its quota (less than 16 leases' worth left) are decided call by call. A key fast
   enough for leases has a burst shorter by a lease's lifetime (90 calls instead of 100 at 100/s), so the calls it
   actually makes stay within ``rate x window + rate`` over every window, leased or not. Unused units go back to the
@@ -200,7 +200,14 @@ class _Lease:
     quota_key: str  # where unused units go back ('' when the plan counts none)
 
 
-_REFILLING = object()  # in the lease table: a thread's admission is asking for this lease
+class _Refill:
+    """In the lease table while a thread's admission asks for the next lease: the process's other calls for the
+    key wait for it (``done``) instead of each making a round trip of its own."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
 
 
 def _us_to_retry_after(microseconds: float) -> int:
@@ -517,7 +524,7 @@ class RedisMetering:
 
     def _leases_forget(self) -> None:
         """A new table (at start, and in a forked child: the parent's leases are the parent's to spend)."""
-        self._leases: dict[tuple[str, str], Any] = {}  # (rate key, quota key or '') -> _Lease | _REFILLING
+        self._leases: dict[tuple[str, str], _Lease | _Refill] = {}  # (rate key, quota key or '') -> lease
         self._leases_cond = threading.Condition()
         self._unreserved: list[tuple[str, int]] = []  # (quota key, units) for the returner thread
         self._returner: threading.Thread | None = None
@@ -542,28 +549,38 @@ class RedisMetering:
 
     def _lease_take(self, admission: Admission) -> tuple[Decision | None, int]:
         """Admit the call from this process's lease (no round trip), or say how many calls its admission should
-        ask for (0: none; another thread is already asking, or no lease applies)."""
+        ask for (0: none: no lease applies, or the next one could not serve this call). While another thread's
+        admission asks for the next lease, wait for it (at most a lease's lifetime) rather than make a round trip:
+        under load, calls that each went to Redis meanwhile were a sixth of all."""
         calls = self._lease_calls(admission)
         if not calls:
             return None, 0
         key = self._lease_key(admission)
-        now = time.monotonic()
-        with self._leases_cond:
-            lease = self._leases.get(key)
-            if lease is _REFILLING:
-                return None, 0  # decided alone, not held back behind another thread's round trip
-            if lease is not None:
-                if lease.expires > now and lease.calls > 0 and (not lease.quota_key or lease.units >= admission.units):
-                    lease.calls -= 1
-                    before = lease.position
-                    if lease.quota_key:
-                        lease.units -= admission.units
-                        lease.position += admission.units
-                    metrics.TALLY.count(metrics.ADMITTED_BY_LEASE)
-                    return Decision("ok", units_before=before if before >= 0 else None), 0
-                self._lease_end(lease)
-            self._leases[key] = _REFILLING
-        return None, calls
+        waited = False
+        while True:
+            now = time.monotonic()
+            with self._leases_cond:
+                entry = self._leases.get(key)
+                if isinstance(entry, _Lease):
+                    fits = not entry.quota_key or entry.units >= admission.units
+                    if entry.expires > now and entry.calls > 0 and fits:
+                        entry.calls -= 1
+                        before = entry.position
+                        if entry.quota_key:
+                            entry.units -= admission.units
+                            entry.position += admission.units
+                        metrics.TALLY.count(metrics.ADMITTED_BY_LEASE)
+                        return Decision("ok", units_before=before if before >= 0 else None), 0
+                    del self._leases[key]
+                    self._lease_end(entry)
+                    entry = None
+                if waited:
+                    return None, 0  # the lease waited for was refused or is spent: decided alone
+                if entry is None:
+                    self._leases[key] = _Refill()
+                    return None, calls
+            entry.done.wait(self.lease_s)
+            waited = True
 
     def _lease_install(self, admission: Admission, result: list, *, lease_calls: int, sent_at: float) -> None:
         granted, before = int(result[2]), int(result[1])
@@ -577,8 +594,12 @@ class RedisMetering:
             expires=sent_at + self.lease_s,
             quota_key=admission.quota_key if counted else "",
         )
+        key = self._lease_key(admission)
         with self._leases_cond:
-            self._leases[self._lease_key(admission)] = lease
+            refill = self._leases.get(key)
+            self._leases[key] = lease
+            if isinstance(refill, _Refill):
+                refill.done.set()
             if self._returner is None:
                 self._returner = threading.Thread(target=self._returner_run, name="metering-leases", daemon=True)
                 self._returner.start()
@@ -589,8 +610,10 @@ class RedisMetering:
         """This thread's admission asked for a lease and got none (refused, failed, or decided alone)."""
         key = self._lease_key(admission)
         with self._leases_cond:
-            if self._leases.get(key) is _REFILLING:
+            refill = self._leases.get(key)
+            if isinstance(refill, _Refill):
                 del self._leases[key]
+                refill.done.set()
 
     def _lease_end(self, lease: _Lease) -> None:
         """A lease leaves the table (held: ``_leases_cond``): its unused units go back."""
@@ -603,7 +626,7 @@ class RedisMetering:
         """End the expired leases (held: ``_leases_cond``); the next expiry, if any."""
         next_expiry = None
         for key, lease in list(self._leases.items()):
-            if lease is _REFILLING:
+            if isinstance(lease, _Refill):
                 continue
             if lease.expires <= now:
                 del self._leases[key]
@@ -643,7 +666,7 @@ class RedisMetering:
         """End every lease now and give back its unused units (at exit, and in tests)."""
         with self._leases_cond:
             for key, lease in list(self._leases.items()):
-                if lease is not _REFILLING:
+                if isinstance(lease, _Lease):
                     del self._leases[key]
                     self._lease_end(lease)
             pending, self._unreserved = self._unreserved, []

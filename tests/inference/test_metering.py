@@ -420,6 +420,22 @@ def test_flush_command_and_beat_task(settings, buyer):
     assert scheduled["task"] in app.tasks and scheduled["schedule"] <= 5
 
 
+def _concurrently(count: int, target) -> list:
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+
+    def run(index: int) -> None:
+        barrier.wait()
+        results[index] = target(index)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 # --- admission leases ------------------------------------------------------------------------------------------
 
 
@@ -470,6 +486,17 @@ def test_an_expired_lease_gives_its_unused_units_back_by_itself(settings, buyer)
     sent = _evalsha_calls()
     assert backend.admit(admission).units_before == 2
     assert _evalsha_calls() == sent + 1
+
+
+def test_calls_that_arrive_while_a_lease_is_asked_for_wait_for_it(settings):
+    """Sixteen threads at once, no lease yet: one admission asks Redis for a lease, the other calls wait for it and
+    are admitted from it (they made a round trip each before: a sixth of all calls under load)."""
+    backend = RedisMetering(settings.INFERENCE_REDIS_URL, lease_ms=500)
+    admission = _admission(rate_limit=1000)
+    sent = _evalsha_calls()
+    results = _concurrently(16, lambda _index: backend.admit(admission))
+    assert [decision.outcome for decision in results] == ["ok"] * 16
+    assert _evalsha_calls() - sent == 1
 
 
 def test_no_lease_for_slow_keys_idempotent_calls_counted_plans_or_when_off(settings, buyer):
