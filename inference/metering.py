@@ -14,9 +14,10 @@ Two backends behind one interface, chosen by ``settings.INFERENCE_REDIS_URL``:
   admission asks for a lease (``INFERENCE_ADMISSION_LEASE_MS`` x rate, 4 to 32 calls, and as many units as the call
   times that) is admitted with it, and this process admits the lease's other calls from memory, with no round
   trip, until they are spent or the lease is ``INFERENCE_ADMISSION_LEASE_MS`` old (counted from before the request
-  was sent); while one thread asks for the next lease, the process's other calls for the key wait for it. Redis grants a lease whole and atomically, or decides the call alone exactly as before: a key at its
-  limit and a subscription near its quota (less than 16 leases' worth left) are decided call by call. A key fast
-  enough for leases has a burst shorter by a lease's lifetime (90 calls instead of 100 at 100/s), so the calls it
+  was sent); while one thread asks for the next lease, the process's other calls for the key wait for it. Redis
+  grants a lease whole and atomically, or decides the call alone exactly as before: a key at its limit and a
+  subscription near its quota (less than 16 leases' worth left) are decided call by call. A key fast enough for
+  leases has a burst shorter by a lease's lifetime (90 calls instead of 100 at 100/s), so the calls it
   actually makes stay within ``rate x window + rate`` over every window, leased or not. Unused units go back to the
   counter when the lease ends (a thread does it; a process killed meanwhile leaves them counted: a free quota short
   by at most one lease). No leases for Idempotency-Key calls or plans whose price depends on the units before a call.
