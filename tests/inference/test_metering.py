@@ -404,6 +404,7 @@ def test_flush_command_and_beat_task(settings, buyer):
     from django.core.management import call_command
 
     from inference.tasks_metering import usage_flush_task
+    from inference.usage_spool import usage_spools_drain
     from marketplace.celery import app
 
     backend = RedisMetering(settings.INFERENCE_REDIS_URL)
@@ -412,6 +413,9 @@ def test_flush_command_and_beat_task(settings, buyer):
     call_command("usage_flush")
     assert UsageRecord.objects.count() == 1
     backend.succeed(admission, _usage(admission, **_ids(buyer)), None)
+    # The beat task does not wait for this process's spool (wait_s=0): its thread pushes within 50 ms, and the task
+    # runs every 2 s. Here the task may run sooner than that, so the record is pushed first.
+    assert usage_spools_drain()
     usage_flush_task.apply()
     assert UsageRecord.objects.count() == 2
     # Beat schedules a task the workers know.
