@@ -382,6 +382,23 @@ def _lua_string(value: str) -> str:
     return "[==[" + value + "]==]"
 
 
+def servers_settle(servers: dict[str, int], *, timeout_s: float = 15.0) -> float:
+    """Wait until the servers have finished what the last load left them: wrk stops with up to ``concurrency``
+    requests in flight, and the servers compute those after it (for the large MLP without batching, most of a
+    second), during the next measurement if it started at once. Idle: at most one clock tick (10 ms) of CPU in
+    0.2 s. Returns the seconds waited."""
+    roots = set(servers.values())
+    started = time.monotonic()
+    last = tree_cpu_seconds(roots)
+    while time.monotonic() - started < timeout_s:
+        time.sleep(0.2)
+        now = tree_cpu_seconds(roots)
+        if now - last <= 1.5 / os.sysconf("SC_CLK_TCK"):
+            break
+        last = now
+    return time.monotonic() - started
+
+
 def wrk_run(
     *,
     label: str,
@@ -412,6 +429,9 @@ def wrk_run(
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{completed.stdout}\n{completed.stderr}")
     data = json.loads(line[6:])
+    waited = servers_settle(servers)
+    if waited > 1.0:
+        log(f"  the servers finished what that load left them {waited:.1f} s after it")
     duration = data["duration_us"] / 1e6
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     answered = data["requests"]
