@@ -462,7 +462,7 @@ class RedisMetering:
                 if outcome == "ok":
                     metrics.TALLY.count(metrics.ADMITTED_BY_REDIS)
                     if lease_calls:
-                        self._lease_install(admission, result, lease_calls=lease_calls, sent_at=sent_at)
+                        self._lease_install(admission, result, sent_at=sent_at)
                 return self._decision(outcome, result, admission)
             self._quota_seed(admission)
             result = None
@@ -583,14 +583,14 @@ class RedisMetering:
             entry.done.wait(self.lease_s)
             waited = True
 
-    def _lease_install(self, admission: Admission, result: list, *, lease_calls: int, sent_at: float) -> None:
-        granted, before = int(result[2]), int(result[1])
+    def _lease_install(self, admission: Admission, result: list, *, sent_at: float) -> None:
+        granted, before = int(result[2]), int(result[1])  # a lease is granted whole: all the calls asked for, or 1
         if granted <= 1:
             return
         counted = before >= 0
         lease = _Lease(
             calls=granted - 1,
-            units=(lease_calls - 1) * admission.units if counted else 0,
+            units=(granted - 1) * admission.units if counted else 0,
             position=before + admission.units if counted else -1,
             expires=sent_at + self.lease_s,
             quota_key=admission.quota_key if counted else "",
@@ -666,10 +666,7 @@ class RedisMetering:
     def leases_release(self) -> None:
         """End every lease now and give back its unused units (at exit, and in tests)."""
         with self._leases_cond:
-            for key, lease in list(self._leases.items()):
-                if isinstance(lease, _Lease):
-                    del self._leases[key]
-                    self._lease_end(lease)
+            self._leases_expire(math.inf)
             pending, self._unreserved = self._unreserved, []
         if pending:
             self._unreserve_send(pending)
