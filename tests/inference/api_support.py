@@ -4,6 +4,7 @@ and an API key, and Redis helpers scoped to the metering keys (never the whole d
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,31 @@ def metering_keys_clear(url: str | None = None) -> None:
 
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.INFERENCE_REDIS_URL)
+
+
+def evalsha_calls() -> int:
+    """Scripts (admissions) the test Redis has run so far: a round-trip counter."""
+    return int(redis_client().info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def concurrently(count: int, target) -> list:
+    """``target(i)`` from ``count`` threads released together; each result, or the exception it raised."""
+    results: list = [None] * count
+    barrier = threading.Barrier(count)
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = target(index)
+        except Exception as exc:  # collected and asserted by the test
+            results[index] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
 
 
 def signature_of(onnx_bytes: bytes) -> dict:

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from inference import runtime
 from inference.batching import Batcher
 from inference.errors import ModelUnavailable
+from tests.inference.api_support import concurrently
 from tests.inference.onnx_factories import model_bytes, onnx_classifier_bytes, onnx_identity_bytes
 
 
@@ -37,25 +38,6 @@ class RecordingRun:
         if first and self.first_delay_s:
             time.sleep(self.first_delay_s)
         return runtime.session_run(self.handle, feeds, output_names)
-
-
-def _concurrently(count: int, target) -> list:
-    results: list = [None] * count
-    barrier = threading.Barrier(count)
-
-    def worker(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = target(index)
-        except Exception as exc:  # collected and asserted by the test
-            results[index] = exc
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    return results
 
 
 def _assert_own_labels(handle: runtime.InferenceSessionHandle, inputs: list[np.ndarray], results: list) -> None:
@@ -85,7 +67,7 @@ def test_concurrent_requests_form_batches_and_each_caller_gets_its_own_rows():
     rng = np.random.default_rng(7)
     inputs = [rng.random((1 + i % 3, 4), dtype=np.float32) * 5 for i in range(16)]
 
-    results = _concurrently(16, lambda i: batcher.submit(inputs={"input": inputs[i]}, output_names=None, timeout_s=10))
+    results = concurrently(16, lambda i: batcher.submit(inputs={"input": inputs[i]}, output_names=None, timeout_s=10))
 
     assert max(run.rows) > 1, run.rows  # some requests really ran together
     assert sum(run.rows) == sum(len(x) for x in inputs)
@@ -106,7 +88,7 @@ def test_batch_size_is_capped_at_max_batch_size():
     batcher = Batcher(run=run, name="t2", batchable=True, max_batch_size=4, max_queue_delay_ms=20)
     x = np.ones((1, 4), dtype=np.float32)
 
-    results = _concurrently(12, lambda i: batcher.submit(inputs={"input": x}, output_names=None, timeout_s=10))
+    results = concurrently(12, lambda i: batcher.submit(inputs={"input": x}, output_names=None, timeout_s=10))
 
     assert all(not isinstance(r, Exception) for r in results)
     assert max(run.rows) == 4 and sum(run.rows) == 12
@@ -150,7 +132,7 @@ def test_batches_run_at_once_up_to_max_concurrent_batches(concurrent):
     rng = np.random.default_rng(3)
     inputs = [rng.random((1, 4), dtype=np.float32) * 5 for _ in range(24)]
 
-    results = _concurrently(24, lambda i: batcher.submit(inputs={"input": inputs[i]}, output_names=None, timeout_s=20))
+    results = concurrently(24, lambda i: batcher.submit(inputs={"input": inputs[i]}, output_names=None, timeout_s=20))
 
     assert run.most == concurrent, (run.most, run.rows)
     assert sum(run.rows) == 24 and sorted(run.rows, reverse=True)[:5] == [4] * 5, run.rows
@@ -220,7 +202,7 @@ def test_a_dispatcher_free_again_waits_for_the_callers_it_just_answered():
     alone.start()  # runs alone, in its own thread: the others queue
     while not rows:
         time.sleep(0.001)
-    callers = threading.Thread(target=lambda: _concurrently(2, twice))
+    callers = threading.Thread(target=lambda: concurrently(2, twice))
     callers.start()
     while len(rows) < 2:  # the two marked requests run as one batch
         time.sleep(0.001)
@@ -243,7 +225,7 @@ def test_requests_with_different_shapes_or_outputs_do_not_share_a_batch():
         names = ["label"] if i % 2 else None
         return batcher.submit(inputs={"input": x}, output_names=names, timeout_s=10)
 
-    results = _concurrently(8, call)
+    results = concurrently(8, call)
 
     for i, result in enumerate(results):
         assert set(result.outputs) == ({"label"} if i % 2 else {"label", "probabilities"})
@@ -255,7 +237,7 @@ def test_a_model_with_a_fixed_batch_dimension_is_never_batched():
     run = RecordingRun(handle, first_delay_s=0.05)
     batcher = Batcher(run=run, name="t6", batchable=False, max_batch_size=32, max_queue_delay_ms=50)
 
-    results = _concurrently(
+    results = concurrently(
         12,
         lambda i: batcher.submit(inputs={"x": np.full((1, 4), i, dtype=np.float32)}, output_names=None, timeout_s=10),
     )
@@ -276,7 +258,7 @@ def test_a_failing_request_in_a_batch_does_not_fail_the_others():
         idx = np.array([99 if i == bad else i % 10], dtype=np.int64)
         return batcher.submit(inputs={"idx": idx}, output_names=None, timeout_s=10)
 
-    results = _concurrently(10, call)
+    results = concurrently(10, call)
 
     assert any(rows > 1 for rows in run.rows), run.rows  # a batch was attempted with the bad request in it
     assert isinstance(results[bad], runtime.RuntimeFailure) and results[bad].kind == "input"
@@ -381,7 +363,7 @@ def test_a_model_whose_runs_are_cheaper_than_the_hand_off_is_not_batched():
     run.rows.clear()
     run.first_delay_s = 0.05  # what made requests pile up into batches in the tests above
 
-    results = _concurrently(12, lambda i: batcher.submit(inputs={"input": np.ones((1, 4), np.float32)},
+    results = concurrently(12, lambda i: batcher.submit(inputs={"input": np.ones((1, 4), np.float32)},
                                                           output_names=None, timeout_s=10))  # fmt: skip
 
     assert run.rows == [1] * 12 and all(r.batch_rows == 1 and r.queue_ms < 5 for r in results)
@@ -396,7 +378,7 @@ def test_a_model_whose_runs_cost_more_than_the_threshold_is_batched():
     run.rows.clear()
     run.first_delay_s = 0.05
 
-    _concurrently(12, lambda i: batcher.submit(inputs={"input": np.ones((1, 4), np.float32)},
+    concurrently(12, lambda i: batcher.submit(inputs={"input": np.ones((1, 4), np.float32)},
                                                output_names=None, timeout_s=10))  # fmt: skip
 
     assert max(run.rows) > 1 and sum(run.rows) == 12
@@ -420,7 +402,7 @@ def test_the_cost_of_a_run_is_read_from_its_cost_clock(cost_clock, batched):
     recording.rows.clear()
     recording.first_delay_s = 0.05
 
-    _concurrently(12, lambda i: batcher.submit(inputs={"input": np.ones((1, 4), np.float32)},
+    concurrently(12, lambda i: batcher.submit(inputs={"input": np.ones((1, 4), np.float32)},
                                                output_names=None, timeout_s=10))  # fmt: skip
 
     assert sum(recording.rows) == 12
@@ -456,7 +438,7 @@ def test_run_many_from_two_messages_at_once_share_batches():
     batcher = Batcher(run=run, name="m4", batchable=True, max_batch_size=64, max_queue_delay_ms=20)
     x = np.ones((1, 4), dtype=np.float32)
 
-    results = _concurrently(3, lambda i: batcher.run_many([({"input": x}, None)] * 4, timeout_s=10))
+    results = concurrently(3, lambda i: batcher.run_many([({"input": x}, None)] * 4, timeout_s=10))
 
     assert sum(run.rows) == 12 and max(run.rows) > 4, run.rows  # a batch took requests of several messages
     assert all(not isinstance(r, Exception) for answers in results for r in answers)

@@ -28,7 +28,13 @@ from inference.metering import (
 from inference.models import InferenceError, UsageRecord
 from inference.services import usage_flush
 from tests.catalog.factories import PublishedListingFactory
-from tests.inference.api_support import buyer_create, metering_keys_clear, redis_client
+from tests.inference.api_support import (
+    buyer_create,
+    concurrently,
+    evalsha_calls,
+    metering_keys_clear,
+    redis_client,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -424,27 +430,7 @@ def test_flush_command_and_beat_task(settings, buyer):
     assert scheduled["task"] in app.tasks and scheduled["schedule"] <= 5
 
 
-def _concurrently(count: int, target) -> list:
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-
-    def run(index: int) -> None:
-        barrier.wait()
-        results[index] = target(index)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
-
-
 # --- admission leases ------------------------------------------------------------------------------------------
-
-
-def _evalsha_calls() -> int:
-    return int(redis_client().info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 def _quota_admission(buyer, *, quota: int, **overrides) -> Admission:
@@ -463,14 +449,14 @@ def test_a_fast_key_gets_a_lease_whose_calls_make_no_round_trip(settings, buyer)
     # The first call's admission reserved a whole lease: 32 calls (1000/s x 0.5 s, at most 32) and their units.
     assert first.outcome == "ok" and first.units_before == 0
     assert client.get(admission.quota_key) == b"32"
-    sent = _evalsha_calls()
+    sent = evalsha_calls()
     befores = [backend.admit(admission).units_before for _ in range(31)]
     assert befores == list(range(1, 32))  # each call its own place in the period's units
-    assert _evalsha_calls() == sent  # no round trip
+    assert evalsha_calls() == sent  # no round trip
     assert client.get(admission.quota_key) == b"32"
     # Spent: the next call asks Redis again, for the next lease.
     assert backend.admit(admission).units_before == 32
-    assert _evalsha_calls() == sent + 1 and client.get(admission.quota_key) == b"64"
+    assert evalsha_calls() == sent + 1 and client.get(admission.quota_key) == b"64"
     # Ending the leases gives the unused units back: the counter says what was used.
     backend.leases_release()
     assert client.get(admission.quota_key) == b"33"
@@ -487,9 +473,9 @@ def test_an_expired_lease_gives_its_unused_units_back_by_itself(settings, buyer)
         time.sleep(0.02)
     assert client.get(admission.quota_key) == b"2"  # the returner thread ended it, with no call to prompt it
     # An expired lease admits nothing: the next call is a round trip again.
-    sent = _evalsha_calls()
+    sent = evalsha_calls()
     assert backend.admit(admission).units_before == 2
-    assert _evalsha_calls() == sent + 1
+    assert evalsha_calls() == sent + 1
 
 
 def test_calls_that_arrive_while_a_lease_is_asked_for_wait_for_it(settings):
@@ -497,10 +483,10 @@ def test_calls_that_arrive_while_a_lease_is_asked_for_wait_for_it(settings):
     are admitted from it (they made a round trip each before: a sixth of all calls under load)."""
     backend = RedisMetering(settings.INFERENCE_REDIS_URL, lease_ms=500)
     admission = _admission(rate_limit=1000)
-    sent = _evalsha_calls()
-    results = _concurrently(16, lambda _index: backend.admit(admission))
+    sent = evalsha_calls()
+    results = concurrently(16, lambda _index: backend.admit(admission))
     assert [decision.outcome for decision in results] == ["ok"] * 16
-    assert _evalsha_calls() - sent == 1
+    assert evalsha_calls() - sent == 1
 
 
 def test_no_lease_for_slow_keys_idempotent_calls_counted_plans_or_when_off(settings, buyer):
@@ -542,7 +528,7 @@ def test_leases_in_several_processes_spend_a_quota_exactly(settings, buyer):
             with lock:
                 admitted.append(decision.units_before)
 
-    sent = _evalsha_calls()
+    sent = evalsha_calls()
     for _round in range(2):  # the second round spends what the first round's leases gave back
         threads = [threading.Thread(target=spend, args=(backend,)) for backend in backends]
         for thread in threads:
@@ -553,7 +539,7 @@ def test_leases_in_several_processes_spend_a_quota_exactly(settings, buyer):
             backend.leases_release()
     assert sorted(admitted) == list(range(2000))  # every place once
     assert redis_client().get(admission.quota_key) == b"2000"
-    assert _evalsha_calls() - sent < 1500  # leases saved round trips while far from the quota
+    assert evalsha_calls() - sent < 1500  # leases saved round trips while far from the quota
 
 
 def test_leases_keep_a_key_within_its_rate_over_every_window(settings, monkeypatch):
