@@ -126,6 +126,29 @@ def test_redis_stopped_fails_closed_with_503_and_no_usage(client, db, s3, own_re
     assert InferenceError.objects.count() == 0  # the failed call could not be counted: Redis was the counter
 
 
+def test_redis_stopped_a_lease_already_held_serves_at_most_its_lifetime(own_redis):
+    """operations.md: with Redis down, calls a process was already granted by an admission lease are still admitted,
+    for at most INFERENCE_ADMISSION_LEASE_MS; after that every call fails closed."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from inference.metering import Admission, MeteringUnavailable, RedisMetering
+
+    backend = RedisMetering(own_redis.url, lease_ms=300)
+    now = timezone.now()
+    admission = Admission(
+        api_key_id=1, rate_limit=1000, subscription_id=1, quota_units=None,
+        period_start=now - timedelta(days=1), period_end=now + timedelta(days=29), units=1,
+    )  # fmt: skip
+    assert backend.admit(admission).outcome == "ok"  # granted a lease of 32 calls
+    own_redis.stop()
+    assert [backend.admit(admission).outcome for _ in range(5)] == ["ok"] * 5  # from the lease, no round trip
+    time.sleep(0.35)
+    with pytest.raises(MeteringUnavailable):
+        backend.admit(admission)
+
+
 def test_object_storage_down_before_a_first_load_is_503_and_cached_models_keep_serving(client, db, s3, settings):
     iris = publish_model(s3=s3, onnx_bytes=onnx_classifier_bytes(), slug="iris")
     # Bytes no other test uses, so nothing has them in the disk cache.
