@@ -552,7 +552,8 @@ class RedisMetering:
         """Admit the call from this process's lease (no round trip), or say how many calls its admission should
         ask for (0: none: no lease applies, or the next one could not serve this call). While another thread's
         admission asks for the next lease, wait for it (at most a lease's lifetime) rather than make a round trip:
-        under load, calls that each went to Redis meanwhile were a sixth of all."""
+        under load, calls that each went to Redis meanwhile were a sixth of all (a one-off reading of
+        ``inference_admissions_total`` on a held server, docs/benchmarks.md)."""
         calls = self._lease_calls(admission)
         if not calls:
             return None, 0
